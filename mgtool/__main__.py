@@ -1,0 +1,3 @@
+from mgtool.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Registry of architecture families: name -> Family, filled by ``@register_family``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from mgtool.archs.spec import ArchSpec
+from mgtool.errors import MgtoolError
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture family.
+
+    build: spec -> plain ``nn.Module`` with the family's own init and key names.
+    options: the family options and their defaults (unknown options are refused).
+    grow: spec, g -> the same family with every hidden dimension multiplied by g.
+    input_size: default (H, W) for FLOPs counting and verification batches.
+    """
+
+    name: str
+    build: Callable[[ArchSpec], nn.Module]
+    options: dict[str, Any]
+    grow: Callable[[ArchSpec, int], ArchSpec]
+    input_size: Callable[[ArchSpec], tuple[int, int]]
+    summary: str
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if family.name in _FAMILIES:
+        raise ValueError(f"architecture family {family.name!r} is registered twice")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    _ensure_loaded()
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        known = ", ".join(sorted(_FAMILIES))
+        raise MgtoolError(f"unknown architecture {name!r}; known: {known}") from None
+
+
+def family_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_FAMILIES)
+
+
+def _ensure_loaded() -> None:
+    # Importing the family modules registers them; done lazily to keep imports cheap.
+    from mgtool.archs import timm_resnet, tiny, wrn  # noqa: F401
+
+
+def resolve_spec(spec: ArchSpec) -> ArchSpec:
+    """Fill in default options and refuse unknown ones; the result is what gets stored."""
+    family = get_family(spec.name)
+    unknown = sorted(set(spec.options) - set(family.options))
+    if unknown:
+        known = ", ".join(sorted(family.options)) or "none"
+        raise MgtoolError(f"{spec.name}: unknown option(s) {unknown}; known options: {known}")
+    if spec.width <= 0 or spec.num_classes < 1 or spec.in_chans < 1:
+        raise MgtoolError(f"{spec.name}: width, num_classes and in_chans must be positive")
+    options = {**family.options, **spec.options}
+    return ArchSpec(spec.name, spec.width, spec.num_classes, spec.in_chans, options)
+
+
+def build_plain(spec: ArchSpec) -> nn.Module:
+    """The family's plain model for a (resolved) spec."""
+    spec = resolve_spec(spec)
+    return get_family(spec.name).build(spec)
+
+
+def grow_spec(spec: ArchSpec, factor: int) -> ArchSpec:
+    spec = resolve_spec(spec)
+    return resolve_spec(get_family(spec.name).grow(spec, factor))
+
+
+def input_size(spec: ArchSpec) -> tuple[int, int]:
+    spec = resolve_spec(spec)
+    return get_family(spec.name).input_size(spec)
+
+
+def scaled(base: int, width: float, what: str) -> int:
+    """``base * width`` as a channel count; refuses widths that give fractional channels."""
+    value = base * width
+    if abs(value - round(value)) > 1e-6 or round(value) < 1:
+        raise MgtoolError(
+            f"width {width:g} gives {value:g} channels for {what} (base {base}); "
+            "choose a width that makes every channel count a whole number"
+        )
+    return int(round(value))

@@ -1,0 +1,227 @@
+"""The mgtool checkpoint: a safetensors file whose ``mgtool`` metadata key holds JSON.
+
+See docs/FORMAT.md for the layout. The header is read and validated before any
+tensor is loaded; tensors are then checked strictly against the model they belong to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from mgtool.archs import ArchSpec
+from mgtool.errors import MgtoolError
+from mgtool.plan import TemplatePlan
+from mgtool.provenance import Provenance
+
+FORMAT_VERSION = 1
+METADATA_KEY = "mgtool"
+KINDS = ("plain", "template-mixing")
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Training FLOPs (fvcore multiply-adds, 3x forward per sample) spent in the lineage.
+
+    ``given`` is the part spent on inputs marked "given" (net 1 in the paper's FLOPs
+    Norm); ``training - given`` is what this lineage is charged for.
+    """
+
+    training: float = 0.0
+    given: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"training": self.training, "given": self.given}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Flops:
+        _only_keys(data, {"training", "given"}, "flops")
+        return cls(float(data.get("training", 0.0)), float(data.get("given", 0.0)))
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    kind: str
+    arch: ArchSpec
+    plan: TemplatePlan | None
+    provenance: Provenance
+    flops: Flops = field(default_factory=Flops)
+    # Free-form sections owned by later stages (data settings, training state summary).
+    data: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format_version": self.format_version,
+                "kind": self.kind,
+                "arch": self.arch.to_dict(),
+                "plan": self.plan.to_dict() if self.plan is not None else None,
+                "provenance": self.provenance.to_dict(),
+                "flops": self.flops.to_dict(),
+                "data": self.data,
+                "training": self.training,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, path: Path | str = "<memory>") -> CheckpointMeta:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MgtoolError(f"{path}: mgtool metadata is not valid JSON ({e})") from None
+        try:
+            _only_keys(
+                data,
+                {"format_version", "kind", "arch", "plan", "provenance", "flops", "data", "training"},
+                "metadata",
+            )
+            version = int(data["format_version"])
+            if version > FORMAT_VERSION:
+                raise MgtoolError(
+                    f"{path}: checkpoint format version {version} is newer than this mgtool "
+                    f"understands ({FORMAT_VERSION}); upgrade mgtool"
+                )
+            kind = data["kind"]
+            if kind not in KINDS:
+                raise MgtoolError(f"{path}: unknown checkpoint kind {kind!r} (expected {KINDS})")
+            plan = TemplatePlan.from_dict(data["plan"]) if data.get("plan") is not None else None
+            if (plan is None) != (kind == "plain"):
+                raise MgtoolError(f"{path}: a {kind} checkpoint must {'not ' if kind == 'plain' else ''}"
+                                  "carry a template plan")
+            return cls(
+                kind=kind,
+                arch=ArchSpec.from_dict(data["arch"]),
+                plan=plan,
+                provenance=Provenance.from_dict(data["provenance"]),
+                flops=Flops.from_dict(data.get("flops", {})),
+                data=data.get("data"),
+                training=data.get("training"),
+                format_version=version,
+            )
+        except MgtoolError as e:
+            msg = str(e)
+            raise MgtoolError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise MgtoolError(f"{path}: malformed mgtool metadata ({type(e).__name__}: {e})") from None
+
+
+def _only_keys(data: Any, allowed: set[str], what: str) -> None:
+    if not isinstance(data, dict):
+        raise TypeError(f"{what} must be a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise KeyError(f"{what} has unknown keys {unknown}")
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise MgtoolError(f"{path}: no such file")
+    if path.is_dir():
+        raise MgtoolError(f"{path}: is a directory, expected a checkpoint file")
+
+
+def read_raw_metadata(path: Path) -> dict[str, str] | None:
+    """The safetensors header's metadata, or an error naming the path if it is unreadable."""
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata()
+    except Exception as e:  # safetensors raises its own error types for every header problem
+        raise MgtoolError(
+            f"{path}: not a readable safetensors file ({_first_line(e)}); "
+            "is it truncated, or a different format?"
+        ) from None
+
+
+def read_meta(path: Path | str) -> CheckpointMeta:
+    """Read and validate the header of an mgtool checkpoint without loading tensors."""
+    path = Path(path)
+    raw = read_raw_metadata(path)
+    if not raw or METADATA_KEY not in raw:
+        raise MgtoolError(
+            f"{path}: a safetensors file without mgtool metadata; "
+            "convert plain weights first with `mgtool convert`"
+        )
+    return CheckpointMeta.from_json(raw[METADATA_KEY], path)
+
+
+def read_tensors(path: Path | str) -> dict[str, Tensor]:
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise MgtoolError(f"{path}: cannot read tensors ({_first_line(e)}); is the file truncated?") from None
+
+
+def check_keys(expected: dict[str, Tensor], got: dict[str, Tensor], where: str) -> None:
+    """Strict key and shape check; the error names a few offenders and a count."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(
+        k for k in set(expected) & set(got) if tuple(expected[k].shape) != tuple(got[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    if wrong:
+        shown = [f"{k} {tuple(got[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]]
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        problems.append(f"shape mismatches (file vs model): {', '.join(shown)}{more}")
+    if problems:
+        raise MgtoolError(f"{where}: " + "; ".join(problems))
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return "[" + ", ".join(keys[:n]) + "]" + more
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def check_output_path(path: Path | str, force: bool) -> Path:
+    """Refuse an existing output without ``force`` and an output folder that does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise MgtoolError(f"{path}: is a directory; give a file name such as {path / 'model.safetensors'}")
+    if not path.parent.exists():
+        raise MgtoolError(f"{path.parent}: output folder does not exist; create it first")
+    if path.exists() and not force:
+        raise MgtoolError(f"{path}: already exists; pass --force to overwrite it")
+    return path
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path | str, tensors: dict[str, Tensor], meta: CheckpointMeta, *, force: bool) -> Path:
+    """Write tensors and metadata atomically; never overwrites without ``force``."""
+    path = check_output_path(path, force)
+    clean = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={METADATA_KEY: meta.to_json()}))
+    return path

@@ -1,0 +1,143 @@
+"""``convert``, ``export`` and ``info``: moving between plain and template-mixing form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mgtool.cli.common import arch_spec, console, emit, handle_errors
+
+SrcArg = Annotated[Path, typer.Argument(help="Input checkpoint.", show_default=False)]
+OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output .safetensors file.", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of the path.")]
+
+
+@handle_errors
+def convert_cmd(
+    src: SrcArg,
+    output: OutOpt,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
+    width: Annotated[Optional[float], typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes; inferred from the classifier if omitted.")] = None,
+    in_chans: Annotated[int, typer.Option(help="Input channels.")] = 3,
+    opt: Annotated[Optional[list[str]], typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
+    templates: Annotated[int, typer.Option(help="Templates per layer (t).")] = 2,
+    share: Annotated[str, typer.Option(help="Bank sharing: 'pairs' (next layer of the same shape) or 'none'.")] = "pairs",
+    seed: Annotated[int, typer.Option(help="Seed of the decomposition's random parts.")] = 0,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Convert a plain checkpoint into template-mixing form, exactly.
+
+    Reads .safetensors or .pt/.pth (weights_only), verifies that the converted model's
+    logits match the original's, and refuses to write otherwise.
+
+    Example: mgtool convert wrn16_4.pt --arch wrn --width 4 --opt depth=16 -o wrn16_4.tm.safetensors
+    """
+    from mgtool.convert import convert
+
+    spec = arch_spec(arch, width, num_classes, in_chans, opt)
+    result = convert(src, spec, templates=templates, share=share, seed=seed, out=output, force=force)
+    console.print(
+        f"[green]converted[/] {src} -> {result.path}  "
+        f"max |logit diff| {result.max_abs_logit_diff:.3g} (scale {result.logit_scale:.3g}), "
+        f"max |weight diff| {result.max_abs_weight_diff:.3g}"
+    )
+    emit(result.path, result.to_dict(), json_)
+
+
+@handle_errors
+def export_cmd(src: SrcArg, output: OutOpt, force: ForceOpt = False, json_: JsonOpt = False) -> None:
+    """Export a template-mixing checkpoint to a plain one with the family's own key names.
+
+    The result loads with strict=True into the family's model (timm.create_model for
+    the resnet families).
+
+    Example: mgtool export grown.safetensors -o grown.plain.safetensors
+    """
+    from mgtool.export import export
+
+    result = export(src, output, force=force)
+    console.print(f"[green]exported[/] {src} -> {result.path} ({result.parameters:,} values)")
+    emit(result.path, result.to_dict(), json_)
+
+
+@handle_errors
+def info_cmd(
+    src: Annotated[Optional[Path], typer.Argument(help="Checkpoint to describe.", show_default=False)] = None,
+    json_: JsonOpt = False,
+    flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count forward FLOPs with fvcore.")] = True,
+    archs: Annotated[bool, typer.Option("--archs", help="List the architecture families instead.")] = False,
+) -> None:
+    """Describe a checkpoint: architecture, kind, parameters, banks, FLOPs, provenance.
+
+    Example: mgtool info net1.safetensors --json
+    """
+    if archs:
+        _list_archs(json_)
+        return
+    if src is None:
+        raise typer.BadParameter("give a checkpoint, or --archs", param_hint="SRC")
+    from mgtool.info import checkpoint_info
+
+    info = checkpoint_info(src, count_flops=flops)
+    if json_:
+        emit(src, info, True)
+        return
+    _print_info(info)
+    emit(src, info, False)
+
+
+def _list_archs(as_json: bool) -> None:
+    from mgtool.archs import family_names, get_family
+
+    rows = {n: {"summary": get_family(n).summary, "options": get_family(n).options} for n in family_names()}
+    if as_json:
+        emit(None, rows, True)
+        return
+    table = Table(title="architecture families")
+    for col in ("name", "options (defaults)", "summary"):
+        table.add_column(col)
+    for name, row in rows.items():
+        table.add_row(name, ", ".join(f"{k}={v}" for k, v in row["options"].items()), row["summary"])
+    console.print(table)
+
+
+def _print_info(info: dict) -> None:
+    arch = info["arch"]
+    opts = ", ".join(f"{k}={v}" for k, v in arch["options"].items())
+    table = Table(title=info["path"], show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("kind", info["kind"])
+    table.add_row("architecture", f"{arch['name']} width={arch['width']:g} classes={arch['num_classes']} "
+                                  f"in_chans={arch['in_chans']} {opts}")
+    for key, value in info["parameters"].items():
+        table.add_row(f"params: {key}", f"{value:,}")
+    fl = info["flops"]
+    if "forward_per_sample" in fl:
+        table.add_row("forward FLOPs/sample", f"{fl['forward_per_sample']:.4g} at {fl['input_size']}")
+    table.add_row("training FLOPs spent", f"{fl['training']:.4g} (given: {fl['given']:.4g})")
+    prov = info["provenance"]
+    table.add_row("created", f"{prov['created_utc']} by mgtool {prov['mgtool_version']}")
+    table.add_row("command", " ".join(prov["command"]))
+    for parent in prov["parents"]:
+        table.add_row(f"parent ({parent['role']})", f"{parent['path']} sha256:{parent['sha256'][:12]}")
+    console.print(table)
+    if "plan" in info:
+        banks = Table(title=f"template banks (t={info['plan']['templates_per_layer']}, share={info['plan']['share']})")
+        for col in ("bank", "shape (sets, K, *tile)", "grids", "layers"):
+            banks.add_column(col)
+        for b in info["plan"]["banks"]:
+            banks.add_row(b["name"], str(tuple(b["shape"])), ", ".join(b["grids"]), ", ".join(b["layers"]))
+        console.print(banks)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert_cmd)
+    app.command("export")(export_cmd)
+    app.command("info")(info_cmd)
