@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from mgtool.archs import ArchSpec
+from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.errors import MgtoolError
 from mgtool.plan import TemplatePlan
 from mgtool.provenance import Provenance
@@ -101,7 +101,7 @@ class CheckpointMeta:
                                   "carry a template plan")
             return cls(
                 kind=kind,
-                arch=ArchSpec.from_dict(data["arch"]),
+                arch=resolve_spec(ArchSpec.from_dict(data["arch"])),
                 plan=plan,
                 provenance=Provenance.from_dict(data["provenance"]),
                 flops=Flops.from_dict(data.get("flops", {})),

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from typer.exceptions import TyperException
 from rich.console import Console
 
 from mgtool.archs import ArchSpec
@@ -31,7 +32,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
+        except (TyperException, typer.Exit, typer.Abort, SystemExit):
             raise
         except MgtoolError as e:
             _report(f"error: {e}")

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny plain checkpoints written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mgtool.archs import ArchSpec, build_plain, resolve_spec
+
+# One tiny spec per family; widths chosen so every test model runs in milliseconds.
+TINY_SPECS = {
+    "wrn": ArchSpec("wrn", 0.5, 10, 3, {"depth": 10, "stem_width": 8}),
+    "wrn-block-input": ArchSpec("wrn", 0.5, 10, 3, {"depth": 10, "stem_width": 8, "norm": "block-input"}),
+    "resnet18": ArchSpec("resnet18", 0.0625, 7, 3, {}),
+    "resnet50": ArchSpec("resnet50", 0.0625, 7, 3, {}),
+    "tiny-cnn": ArchSpec("tiny-cnn", 1.0, 5, 3, {}),
+    "tiny-mlp": ArchSpec("tiny-mlp", 1.0, 4, 1, {}),
+}
+
+
+def randomised_plain(spec: ArchSpec, seed: int = 0) -> torch.nn.Module:
+    """A plain model with non-trivial BN statistics and affine parameters, so that
+    exactness tests exercise every tensor, not only freshly initialised ones."""
+    torch.manual_seed(seed)
+    net = build_plain(resolve_spec(spec))
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean") or (name.endswith("bias") and t.ndim == 1):
+                t.normal_(0, 0.1)
+            elif t.ndim == 1 and t.is_floating_point():
+                t.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def plain_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``.pt`` state dicts of every tiny family, written once."""
+    folder = tmp_path_factory.mktemp("plain")
+    paths = {}
+    for key, spec in TINY_SPECS.items():
+        path = folder / f"{key}.pt"
+        torch.save(randomised_plain(spec).state_dict(), path)
+        paths[key] = path
+    return paths

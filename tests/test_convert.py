@@ -1,0 +1,103 @@
+"""Exactness of convert and export on every family, and the Python API."""
+
+import pytest
+import timm
+import torch
+from torch.testing import assert_close
+
+import mgtool
+from mgtool.archs import build_plain, resolve_spec
+from mgtool.archs.timm_resnet import timm_kwargs
+from mgtool.checkpoint import read_meta
+from mgtool.convert import RELATIVE_TOLERANCE, logit_difference, to_template_mixing
+from mgtool.model import TemplateMixingNet
+from mgtool.weights import read_plain_weights
+
+from .conftest import TINY_SPECS, randomised_plain
+
+FAMILIES = sorted(TINY_SPECS)
+
+
+@pytest.mark.parametrize("key", FAMILIES)
+def test_generated_weights_equal_the_originals(key):
+    spec = resolve_spec(TINY_SPECS[key])
+    original = randomised_plain(spec)
+    reference = {k: v.clone() for k, v in original.state_dict().items()}
+    tm = to_template_mixing(original, templates=2, share="pairs", seed=3)
+    generated = tm.materialised_state_dict()
+    assert generated.keys() == reference.keys()
+    for name, value in reference.items():
+        assert_close(generated[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("key", FAMILIES)
+@pytest.mark.parametrize("share", ["pairs", "none"])
+def test_converted_logits_match(key, share):
+    spec = resolve_spec(TINY_SPECS[key])
+    reference = randomised_plain(spec)
+    tm = to_template_mixing(randomised_plain(spec), templates=3, share=share, seed=1)
+    diff, scale = logit_difference(reference, tm, spec)
+    assert diff <= RELATIVE_TOLERANCE * scale
+
+
+@pytest.mark.parametrize("key", FAMILIES)
+def test_export_of_convert_round_trips(key, plain_ckpts, tmp_path):
+    tm_path, plain_path = tmp_path / "tm.safetensors", tmp_path / "plain.safetensors"
+    spec = TINY_SPECS[key]
+    result = mgtool.convert(plain_ckpts[key], spec, out=tm_path)
+    assert result.max_abs_logit_diff <= RELATIVE_TOLERANCE * result.logit_scale
+    mgtool.export(tm_path, plain_path)
+    original = torch.load(plain_ckpts[key], weights_only=True)
+    exported = read_plain_weights(plain_path)
+    assert exported.keys() == original.keys()
+    for name, value in original.items():
+        assert_close(exported[name], value, rtol=0, atol=1e-6, msg=name)
+    meta = read_meta(plain_path)
+    assert meta.kind == "plain" and meta.plan is None
+    assert meta.provenance.parents[0].path == str(tm_path)
+
+
+@pytest.mark.parametrize("key", ["resnet18", "resnet50"])
+def test_exported_resnet_loads_strictly_into_timm(key, plain_ckpts, tmp_path):
+    tm_path, plain_path = tmp_path / "tm.safetensors", tmp_path / "plain.safetensors"
+    mgtool.convert(plain_ckpts[key], TINY_SPECS[key], out=tm_path)
+    mgtool.export(tm_path, plain_path)
+    spec = resolve_spec(TINY_SPECS[key])
+    model = timm.create_model(key, **timm_kwargs(spec))
+    model.load_state_dict(read_plain_weights(plain_path), strict=True)
+    reference = randomised_plain(spec)
+    x = torch.randn(2, 3, 64, 64)
+    assert_close(model.eval()(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_width_one_resnet_is_timms_own_model():
+    spec = resolve_spec(mgtool.archs.ArchSpec("resnet50", 1.0, 1000, 3))
+    ours = build_plain(spec)
+    theirs = timm.create_model("resnet50")
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
+
+
+def test_load_builds_from_metadata_alone(plain_ckpts, tmp_path):
+    out = tmp_path / "tm.safetensors"
+    mgtool.convert(plain_ckpts["tiny-cnn"], TINY_SPECS["tiny-cnn"], out=out)
+    model = mgtool.load(out)
+    assert isinstance(model, TemplateMixingNet) and not model.training
+    reference = randomised_plain(TINY_SPECS["tiny-cnn"])
+    x = torch.randn(3, 3, 16, 16)
+    assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_num_classes_is_inferred_from_the_classifier(plain_ckpts, tmp_path):
+    spec = TINY_SPECS["resnet18"]
+    without = mgtool.archs.ArchSpec(spec.name, spec.width, 0, spec.in_chans, spec.options)
+    result = mgtool.convert(plain_ckpts["resnet18"], without, out=tmp_path / "tm.safetensors")
+    assert result.meta.arch.num_classes == spec.num_classes
+
+
+def test_convert_accepts_mgtool_plain_files_without_arch(plain_ckpts, tmp_path):
+    mgtool.convert(plain_ckpts["tiny-mlp"], TINY_SPECS["tiny-mlp"], out=tmp_path / "a.safetensors")
+    mgtool.export(tmp_path / "a.safetensors", tmp_path / "plain.safetensors")
+    again = mgtool.convert(tmp_path / "plain.safetensors", None, out=tmp_path / "b.safetensors")
+    assert again.meta.arch == read_meta(tmp_path / "a.safetensors").arch
