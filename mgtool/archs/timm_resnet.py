@@ -1,7 +1,13 @@
 """timm's ResNet family at any width multiplier (width 1.0 is timm's own model).
 
-Every channel count, stem included, is the timm default times ``width``; the
-bottleneck ratio is kept. Key names are timm's (and torchvision's, which match).
+Every stage's channel count is the timm default times ``width``; the bottleneck ratio
+is kept. Key names are timm's (and torchvision's, which match).
+
+timm's plain 7x7 stem is 64 channels at every width (its ``stem_width`` only acts on
+deep stems). Option ``stem``: ``timm`` (default) keeps that, so a plain file loads into
+``timm.create_model(name, **timm_kwargs(spec))``; ``scaled`` makes the stem
+``64 * width`` channels, so that growing by g grows every hidden layer (what ``fuse``
+needs). At width 1.0 both are timm's own model.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from torch import nn
 
 from mgtool.archs.registry import Family, register_family, scaled
 from mgtool.archs.spec import ArchSpec
+from mgtool.errors import MgtoolError
 
 _BASE_CHANNELS = (64, 128, 256, 512)
 
@@ -26,8 +33,42 @@ def timm_kwargs(spec: ArchSpec) -> dict:
     }
 
 
+STEM_MODES = ("timm", "scaled")
+
+
 def _build(spec: ArchSpec) -> nn.Module:
-    return timm.create_model(spec.name, pretrained=False, **timm_kwargs(spec))
+    kwargs = timm_kwargs(spec)
+    model = timm.create_model(spec.name, pretrained=False, **kwargs)
+    stem = str(spec.options.get("stem", "timm"))
+    if stem not in STEM_MODES:
+        raise MgtoolError(f"{spec.name}: option stem must be one of {STEM_MODES}, got {stem!r}")
+    if stem == "scaled" and kwargs["stem_width"] != model.conv1.out_channels:
+        _rescale_stem(model, kwargs["stem_width"])
+    return model
+
+
+def _rescale_stem(model: nn.Module, width: int) -> None:
+    """Give timm's plain stem ``width`` channels: conv1, bn1 and the convs reading them."""
+    old = model.conv1
+    model.conv1 = _conv_like(old, old.in_channels, width)
+    model.bn1 = type(model.bn1)(width)
+    block = model.layer1[0]
+    block.conv1 = _conv_like(block.conv1, width, block.conv1.out_channels)
+    if block.downsample is not None:
+        conv = next(m for m in block.downsample if isinstance(m, nn.Conv2d))
+        if conv.out_channels == width and conv.stride == (1, 1):
+            block.downsample = None  # timm builds no projection when the widths agree
+        else:
+            index = next(i for i, m in enumerate(block.downsample) if m is conv)
+            block.downsample[index] = _conv_like(conv, width, conv.out_channels)
+    model.feature_info[0]["num_chs"] = width
+
+
+def _conv_like(conv: nn.Conv2d, in_ch: int, out_ch: int) -> nn.Conv2d:
+    new = nn.Conv2d(in_ch, out_ch, conv.kernel_size, conv.stride, conv.padding,
+                    bias=conv.bias is not None)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")  # timm's init
+    return new
 
 
 def _grow(spec: ArchSpec, g: int) -> ArchSpec:
@@ -39,9 +80,10 @@ for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
         Family(
             name=_name,
             build=_build,
-            options={},
+            options={"stem": "timm"},
             grow=_grow,
             input_size=lambda spec: (224, 224),
-            summary=f"timm {_name}; width multiplies every channel count (1.0 = timm's model)",
+            summary=f"timm {_name}; width multiplies every stage's channels (1.0 = timm's model); "
+            "stem=scaled also scales the 64-channel stem (needed by fuse)",
         )
     )
