@@ -1,0 +1,132 @@
+"""The library functions behind ``train-small``, ``finetune`` and ``eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mgtool.archs import ArchSpec, resolve_spec
+from mgtool.checkpoint import CheckpointMeta, Flops, read_meta
+from mgtool.convert import fresh_template_mixing
+from mgtool.data import DataConfig, dataset_info, resolve_config
+from mgtool.errors import MgtoolError
+from mgtool.loading import load_checkpoint
+from mgtool.provenance import Parent, sha256_file
+from mgtool.train.distributed import resolve_device
+from mgtool.train.engine import (
+    FitResult,
+    Lineage,
+    Runtime,
+    TrainConfig,
+    check_model_fits,
+    evaluate,
+    fit,
+    resolve_precision,
+)
+
+
+def stored_data(path: Path | str) -> dict[str, Any] | None:
+    """The data section of a checkpoint's metadata (what ``--like`` copies), or None."""
+    return read_meta(path).data
+
+
+def stored_seed(meta: CheckpointMeta) -> int | None:
+    recipe = (meta.training or {}).get("recipe")
+    return int(recipe["seed"]) if isinstance(recipe, dict) and "seed" in recipe else None
+
+
+def require_small_template_mixing(meta: CheckpointMeta, path: Path | str, option: str) -> None:
+    """Net 1 for ``--like`` / ``--init-from``: template-mixing, 1x1 grids, one set per bank."""
+    if meta.kind != "template-mixing" or meta.plan is None:
+        raise MgtoolError(f"{path}: a {meta.kind} checkpoint; {option} needs a small template-mixing "
+                          "checkpoint (from train-small or convert)")
+    grown = [la.name for la in meta.plan.layers if la.rows != 1 or la.cols != 1]
+    if grown or any(b.sets != 1 for b in meta.plan.banks):
+        raise MgtoolError(f"{path}: a grown template-mixing checkpoint (tile grids, e.g. layer "
+                          f"{(grown or ['?'])[0]}); {option} needs a small one; train grown nets "
+                          "with `mgtool finetune`")
+
+
+def like_seed(like: Path | str, seed: int | None) -> int:
+    """The seed of the second net: --seed, else net 1's seed + 1; never net 1's own seed."""
+    first = stored_seed(read_meta(like))
+    if seed is None:
+        return first + 1 if first is not None else 1
+    if first is not None and seed == first:
+        raise MgtoolError(f"--seed {seed} is the seed of {like}, which would give the same templates; "
+                          "the second network must be seeded independently (omit --seed to use "
+                          f"{first + 1})")
+    return seed
+
+
+def train_small(out: Path | str, data: DataConfig, train: TrainConfig, runtime: Runtime, *,
+                arch: str | None = None, width: float | None = None,
+                options: dict[str, Any] | None = None, num_classes: int | None = None,
+                in_chans: int | None = None, templates: int = 2, share: str = "pairs",
+                like: Path | str | None = None, init_from: Path | str | None = None,
+                resume: bool = False, force: bool = False) -> FitResult:
+    """Train a fresh small template-mixing net (``arch``/``width``, or ``like`` net 1's
+    architecture and plan), or continue one (``init_from``)."""
+    if sum(x is not None for x in (arch, like, init_from)) != 1:
+        raise MgtoolError("give exactly one of --arch (with --width), --like CKPT or --init-from CKPT")
+    data = resolve_config(data)
+    info = dataset_info(data)
+    if init_from is not None:
+        model, meta = load_checkpoint(init_from)
+        require_small_template_mixing(meta, init_from, "--init-from")
+        parent = Parent(str(init_from), sha256_file(init_from), "input", meta.flops.training)
+        lineage = Lineage("train-small", meta.kind, meta.arch, meta.plan, (parent,), meta.flops,
+                          {"init_from": str(init_from)})
+        return fit(model, lineage, data, train, runtime, out, resume=resume, force=force)
+    if like is not None:
+        meta = read_meta(like)
+        require_small_template_mixing(meta, like, "--like")
+        assert meta.plan is not None
+        spec = meta.arch
+        templates, share = meta.plan.templates_per_layer, meta.plan.share
+        extra: dict[str, Any] = {"like": {"path": str(like), "sha256": sha256_file(like)}}
+    else:
+        if width is None:
+            raise MgtoolError("--arch needs --width")
+        spec = ArchSpec(arch, width, num_classes or info.num_classes,  # type: ignore[arg-type]
+                        in_chans or info.shape[0], dict(options or {}))
+        extra = {}
+    spec = resolve_spec(spec)
+    model = fresh_template_mixing(spec, templates=templates, share=share, seed=train.seed)
+    if like is not None and model.plan != meta.plan:
+        raise MgtoolError(f"{like}: its template plan differs from the one mgtool makes for "
+                          f"{spec.describe()} (t={templates}, share={share}); it cannot be matched")
+    lineage = Lineage("train-small", "template-mixing", spec, model.plan, (), Flops(), extra)
+    return fit(model, lineage, data, train, runtime, out, resume=resume, force=force)
+
+
+def finetune(src: Path | str, out: Path | str, data: DataConfig, train: TrainConfig, runtime: Runtime,
+             *, resume: bool = False, force: bool = False) -> FitResult:
+    """Train any mgtool checkpoint (templates and coefficients both train, or plain weights)."""
+    src, out = Path(src), Path(out)
+    if out.resolve() == src.resolve():
+        raise MgtoolError(f"{out}: the output must differ from the input checkpoint")
+    model, meta = load_checkpoint(src)
+    parent = Parent(str(src), sha256_file(src), "input", meta.flops.training)
+    lineage = Lineage("finetune", meta.kind, meta.arch, meta.plan, (parent,), meta.flops,
+                      {"source": str(src)})
+    return fit(model, lineage, resolve_config(data), train, runtime, out, resume=resume, force=force)
+
+
+def evaluate_checkpoint(src: Path | str, data: DataConfig, *, split: str = "test",
+                        limit: int | None = None, batch_size: int = 256, device: str = "auto",
+                        precision: str = "auto", workers: int | None = None) -> dict[str, Any]:
+    """Top-1, top-5 and mean cross-entropy of a checkpoint on a split."""
+    model, meta = load_checkpoint(src)
+    data = resolve_config(data)
+    info = dataset_info(data)
+    lineage = Lineage("eval", meta.kind, meta.arch, meta.plan)
+    check_model_fits(model, lineage, data, info.shape, info.num_classes)
+    dev = resolve_device(device)
+    bf16 = resolve_precision(precision, dev)
+    model.to(dev)
+    result = evaluate(model, data, split=split, limit=limit, batch_size=batch_size, device=dev,
+                      bf16=bf16, channels_last=dev.type == "cuda", workers=workers)
+    return {"checkpoint": str(src), "kind": meta.kind, "arch": meta.arch.to_dict(),
+            "data": data.to_dict(), "split": "test" if split == "val" else split,
+            "precision": "bf16" if bf16 else "fp32", **result.to_dict()}
