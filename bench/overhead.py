@@ -99,7 +99,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = [run_case(c, args.batch_size, args.rounds, args.warmup) for c in (args.case or list(CASES))]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if args.json:
         print(json.dumps({"machine": machine, "results": results}, indent=2))
         return

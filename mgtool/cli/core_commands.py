@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,13 +20,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 def convert_cmd(
     src: SrcArg,
     output: OutOpt,
-    arch: Annotated[Optional[str], typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
-    width: Annotated[Optional[float], typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes; inferred from the classifier if omitted.")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
+    width: Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes; inferred from the classifier if omitted.")] = None,
     in_chans: Annotated[int, typer.Option(help="Input channels.")] = 3,
-    opt: Annotated[Optional[list[str]], typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
+    opt: Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
     templates: Annotated[int, typer.Option(help="Templates per layer (t).")] = 2,
-    share: Annotated[str, typer.Option(help="Bank sharing: 'pairs' (next layer of the same shape) or 'none'.")] = "pairs",
+    share: Annotated[str, typer.Option(help="Bank sharing: 'pairs' (next layer of one shape) or 'none'.")] = "pairs",
     seed: Annotated[int, typer.Option(help="Seed of the decomposition's random parts.")] = 0,
     force: ForceOpt = False,
     json_: JsonOpt = False,
@@ -68,7 +68,7 @@ def export_cmd(src: SrcArg, output: OutOpt, force: ForceOpt = False, json_: Json
 
 @handle_errors
 def info_cmd(
-    src: Annotated[Optional[Path], typer.Argument(help="Checkpoint to describe.", show_default=False)] = None,
+    src: Annotated[Path | None, typer.Argument(help="Checkpoint to describe.", show_default=False)] = None,
     json_: JsonOpt = False,
     flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count forward FLOPs with fvcore.")] = True,
     archs: Annotated[bool, typer.Option("--archs", help="List the architecture families instead.")] = False,
