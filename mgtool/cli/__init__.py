@@ -7,6 +7,7 @@ import os
 import typer
 
 from mgtool.cli import core_commands
+from mgtool.cli import train_commands  # noqa: I001
 
 app = typer.Typer(
     name="mgtool",
@@ -27,6 +28,7 @@ def _root(
 
 
 core_commands.register(app)
+train_commands.register(app)
 
 
 def main() -> int:
