@@ -24,17 +24,47 @@ from torch import fx, nn
 from mgtool.errors import MgtoolError
 
 _PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
 )
 _NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PASS_FUNCTIONS = {
-    F.relu, F.relu6, F.gelu, F.silu, F.dropout, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-    F.avg_pool2d, F.max_pool2d, torch.relu, torch.sigmoid, torch.tanh, torch.flatten,
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.dropout,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.avg_pool2d,
+    F.max_pool2d,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.flatten,
 }
 _PASS_METHODS = {"relu", "relu_", "flatten", "contiguous", "sigmoid", "tanh"}
-_JOIN_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
-                   torch.add, torch.sub, torch.mul}
+_JOIN_FUNCTIONS = {
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.mul,
+    operator.imul,
+    torch.add,
+    torch.sub,
+    torch.mul,
+}
 _JOIN_METHODS = {"add", "add_", "sub", "mul", "mul_"}
 
 
@@ -86,8 +116,10 @@ def channel_spaces(model: nn.Module, name: str = "model") -> ChannelSpaces:
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as e:
-        raise MgtoolError(f"{name}: cannot trace the model with torch.fx ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise MgtoolError(
+            f"{name}: cannot trace the model with torch.fx ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     modules = dict(model.named_modules())
     sets = _UnionFind()
     space: dict[fx.Node, int] = {}
@@ -122,8 +154,10 @@ def channel_spaces(model: nn.Module, name: str = "model") -> ChannelSpaces:
             elif isinstance(module, _PASS_MODULES):
                 space[node] = source
             else:
-                raise MgtoolError(f"{name}: module {node.target} ({type(module).__name__}) is not one "
-                                  "whose effect on channels is known; cannot widen it")
+                raise MgtoolError(
+                    f"{name}: module {node.target} ({type(module).__name__}) is not one "
+                    "whose effect on channels is known; cannot widen it"
+                )
         elif node.op in ("call_function", "call_method"):
             target = node.target
             tensors = [a for a in node.args if isinstance(a, fx.Node)]
@@ -138,8 +172,9 @@ def channel_spaces(model: nn.Module, name: str = "model") -> ChannelSpaces:
                 space[node] = of(tensors[0])
             else:
                 what = getattr(target, "__name__", str(target))
-                raise MgtoolError(f"{name}: operation {what} is not one whose effect on channels is "
-                                  "known; cannot widen the model")
+                raise MgtoolError(
+                    f"{name}: operation {what} is not one whose effect on channels is known; cannot widen the model"
+                )
         elif node.op == "output":
             output_space = of(node.args[0])
     if input_space is None or output_space is None:
@@ -169,6 +204,8 @@ def space_sizes(model: nn.Module, spaces: ChannelSpaces) -> dict[int, int | None
             if sizes[s] is None:
                 sizes[s] = int(n)
             elif sizes[s] != int(n) and s != spaces.input_space:
-                raise MgtoolError(f"layer {name} sees {n} channels where another layer of its channel "
-                                  f"space sees {sizes[s]} (a flattened feature map?); cannot widen it")
+                raise MgtoolError(
+                    f"layer {name} sees {n} channels where another layer of its channel "
+                    f"space sees {sizes[s]} (a flattened feature map?); cannot widen it"
+                )
     return sizes

@@ -94,8 +94,7 @@ def normal_init(learned: Tensor, copies: Tensor, generator: torch.Generator, noi
 
 @register_init(
     "orthogonal",
-    "orthogonal to each other and to every learned vector over the same templates, "
-    "at the learned vectors' RMS norm",
+    "orthogonal to each other and to every learned vector over the same templates, at the learned vectors' RMS norm",
 )
 def orthogonal_init(learned: Tensor, copies: Tensor, generator: torch.Generator, noise: float) -> Tensor:
     n, k = copies.shape

@@ -262,8 +262,9 @@ class _Assembly:
                 copies = torch.stack([self.tensors[key][r, r] for key, r, _ in tiles]).double()
                 vectors = init.fn(learned, copies, generator, noise)
                 if tuple(vectors.shape) != tuple(copies.shape):
-                    raise MgtoolError(f"--init {init.name} returned shape {tuple(vectors.shape)}, "
-                                      f"expected {tuple(copies.shape)}")
+                    raise MgtoolError(
+                        f"--init {init.name} returned shape {tuple(vectors.shape)}, expected {tuple(copies.shape)}"
+                    )
                 for (key, r, c), v in zip(tiles, vectors):
                     self.tensors[key][r, c] = v.to(self.tensors[key].dtype)
         return sum(len(t) for t in groups.values())
@@ -378,8 +379,10 @@ def check_fusable(metas: Sequence[tuple[Path, CheckpointMeta]]) -> None:
     """Every input template-mixing and small, all of one architecture and plan."""
     for path, meta in metas:
         if meta.kind != "template-mixing":
-            raise MgtoolError(f"{path}: a {meta.kind} checkpoint; fuse needs template-mixing "
-                              "checkpoints (make one with `mgtool convert` or `mgtool train-small`)")
+            raise MgtoolError(
+                f"{path}: a {meta.kind} checkpoint; fuse needs template-mixing "
+                "checkpoints (make one with `mgtool convert` or `mgtool train-small`)"
+            )
         assert meta.plan is not None
         _check_small(meta.plan, str(path))
     path0, meta0 = metas[0]
@@ -389,19 +392,25 @@ def check_fusable(metas: Sequence[tuple[Path, CheckpointMeta]]) -> None:
             assert meta0.plan is not None and meta.plan is not None
             what = _plan_difference(meta0.plan, meta.plan)
         if what is not None:
-            raise MgtoolError(f"{path0} and {path} differ in {what}; fuse needs nets of one "
-                              "architecture and template plan (e.g. `mgtool train-small --like`)")
+            raise MgtoolError(
+                f"{path0} and {path} differ in {what}; fuse needs nets of one "
+                "architecture and template plan (e.g. `mgtool train-small --like`)"
+            )
 
 
 def _check_small(plan: TemplatePlan, where: str) -> None:
     for bank in plan.banks:
         if bank.sets != 1:
-            raise MgtoolError(f"{where}: bank {bank.name} has {bank.sets} template sets; "
-                              "fuse takes small nets (one set per bank); is it already grown?")
+            raise MgtoolError(
+                f"{where}: bank {bank.name} has {bank.sets} template sets; "
+                "fuse takes small nets (one set per bank); is it already grown?"
+            )
     for layer in plan.layers:
         if (layer.rows, layer.cols) != (1, 1):
-            raise MgtoolError(f"{where}: layer {layer.name} is a {layer.rows}x{layer.cols} grid; "
-                              "fuse takes small nets (1x1 grids); is it already grown?")
+            raise MgtoolError(
+                f"{where}: layer {layer.name} is a {layer.rows}x{layer.cols} grid; "
+                "fuse takes small nets (1x1 grids); is it already grown?"
+            )
 
 
 def _arch_difference(a: ArchSpec, b: ArchSpec) -> str | None:
@@ -435,8 +444,9 @@ def _plan_difference(a: TemplatePlan, b: TemplatePlan) -> str | None:
 def _header_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Meta tensors of the file's shapes and the dtype names, from the header alone."""
     with safe_open(str(path), framework="pt") as f:
-        shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f}
-        dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f}
+        names = list(f.keys())  # a safe_open handle is not iterable itself
+        shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in names}
+        dtypes = {k: str(f.get_slice(k).get_dtype()) for k in names}
     return shapes, dtypes
 
 
@@ -522,7 +532,7 @@ def fuse(
         data=datas[0] if all(d == datas[0] for d in datas) else None,
     )
     path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None
-    parameters = sum(v.numel() for v in tensors.values() if v.is_floating_point())
+    parameters = sum(p.numel() for p in meta_model(layout.spec, layout.plan).parameters())  # trainable
     return FuseResult(path, meta, layout, init, new, parameters, diff, scale)
 
 

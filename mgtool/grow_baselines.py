@@ -47,8 +47,10 @@ def grow_random(net: nn.Module, spec: ArchSpec, factor: int, seed: int = 0) -> n
         for key, old in small_sd.items():
             new = wide_sd[key]
             if any(b not in (s, factor * s) for s, b in zip(old.shape, new.shape)) or old.ndim != new.ndim:
-                raise MgtoolError(f"{spec.name}: tensor {key} has shape {tuple(old.shape)} small and "
-                                  f"{tuple(new.shape)} grown; not a {factor}-fold widening")
+                raise MgtoolError(
+                    f"{spec.name}: tensor {key} has shape {tuple(old.shape)} small and "
+                    f"{tuple(new.shape)} grown; not a {factor}-fold widening"
+                )
             new[tuple(slice(0, s) for s in old.shape)] = old
     return wide
 
@@ -79,8 +81,10 @@ def net2net_maps(net: nn.Module, spec: ArchSpec, factor: int, generator: torch.G
             continue
         n = small[s]
         if s == spaces.output_space or n is None or big[s] != factor * n:
-            raise MgtoolError(f"{spec.name}: a channel space has {small[s]} channels small and "
-                              f"{big[s]} grown; net2net widens hidden spaces {factor}-fold only")
+            raise MgtoolError(
+                f"{spec.name}: a channel space has {small[s]} channels small and "
+                f"{big[s]} grown; net2net widens hidden spaces {factor}-fold only"
+            )
         extra = torch.randint(0, n, ((factor - 1) * n,), generator=generator)
         maps[s] = torch.cat([torch.arange(n), extra])
     return Net2NetMaps(spaces, maps)
@@ -195,8 +199,10 @@ def grow(
         check_output_path(out, force)
     meta_in = read_meta(src)
     if meta_in.kind != "plain":
-        raise MgtoolError(f"{src}: a {meta_in.kind} checkpoint; grow takes plain checkpoints "
-                          "(`mgtool export` one first; template-mixing nets grow with `mgtool fuse`)")
+        raise MgtoolError(
+            f"{src}: a {meta_in.kind} checkpoint; grow takes plain checkpoints "
+            "(`mgtool export` one first; template-mixing nets grow with `mgtool fuse`)"
+        )
     net, _ = load_checkpoint(src)
     spec = meta_in.arch
     diff = scale = None
@@ -206,8 +212,10 @@ def grow(
         wide, _ = grow_net2net(net, spec, factor, seed)
         diff, scale = logit_difference(net, wide, spec)
         if not diff <= RELATIVE_TOLERANCE * scale:
-            raise MgtoolError(f"net2net changed the function by {diff:.3g} in the logits (scale "
-                              f"{scale:.3g}, tolerance {RELATIVE_TOLERANCE:g} relative); nothing written")
+            raise MgtoolError(
+                f"net2net changed the function by {diff:.3g} in the logits (scale "
+                f"{scale:.3g}, tolerance {RELATIVE_TOLERANCE:g} relative); nothing written"
+            )
     parent = Parent(str(src), sha256_file(src), "input", meta_in.flops.training)
     meta = CheckpointMeta(
         kind="plain",
