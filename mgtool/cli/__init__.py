@@ -8,6 +8,7 @@ import typer
 
 from mgtool.cli import core_commands
 from mgtool.cli import train_commands  # noqa: I001
+from mgtool.cli import grow_commands  # noqa: I001
 
 app = typer.Typer(
     name="mgtool",
@@ -28,6 +29,7 @@ def _root(
 
 
 core_commands.register(app)
+grow_commands.register(app)
 train_commands.register(app)
 
 
