@@ -9,6 +9,7 @@ import typer
 from mgtool.cli import core_commands
 from mgtool.cli import train_commands  # noqa: I001
 from mgtool.cli import grow_commands  # noqa: I001
+from mgtool.cli import analysis_commands  # noqa: I001
 
 app = typer.Typer(
     name="mgtool",
@@ -31,6 +32,7 @@ def _root(
 core_commands.register(app)
 grow_commands.register(app)
 train_commands.register(app)
+analysis_commands.register(app)
 
 
 def main() -> int:
