@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from mgtool.cli.common import parse_options
 from mgtool.errors import MgtoolError
 
-DataOpt = Annotated[Optional[str], typer.Option(
+DataOpt = Annotated[str | None, typer.Option(
     "--data", help="Data set: cifar10, cifar100, imagenet, fashion-mnist, mnist, imagefolder, synthetic.",
     show_default=False)]
-DataDirOpt = Annotated[Optional[Path], typer.Option(
+DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Folder holding the data set (default: $MGTOOL_DATA_DIR, else ./data).",
     show_default=False)]
-DataOptOpt = Annotated[Optional[list[str]], typer.Option(
+DataOptOpt = Annotated[list[str] | None, typer.Option(
     "--data-opt", help="Data option KEY=VALUE (repeatable), e.g. shape=3x16x16, cutout=0.",
     show_default=False)]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download the data set if missing (cifar, mnist).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split: train or test (val = test).")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples.",
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N samples.",
                                                  show_default=False)]
 BatchSizeEvalOpt = Annotated[int, typer.Option("--batch-size", help="Evaluation batch size.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if available), cpu, cuda or cuda:N.")]

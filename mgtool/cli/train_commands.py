@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,34 +26,34 @@ EpochsOpt = Annotated[int, typer.Option("--epochs", help="Epochs of the schedule
 BudgetOpt = Annotated[float, typer.Option(
     "--budget", help="Stop after this fraction of the schedule's training FLOPs (the learning rate "
     "follows the full schedule, cut off there).")]
-BatchOpt = Annotated[Optional[int], typer.Option(
+BatchOpt = Annotated[int | None, typer.Option(
     "--batch-size", help="Global batch size (split over DDP processes). [default: 128; imagenet 256]",
     show_default=False)]
-LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. [default: 0.1]",
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate. [default: 0.1]",
                                                 show_default=False)]
-WdOpt = Annotated[Optional[float], typer.Option(
+WdOpt = Annotated[float | None, typer.Option(
     "--wd", help="Weight decay. [default: 5e-4; imagenet 1e-4]", show_default=False)]
-MomentumOpt = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum. [default: 0.9]",
+MomentumOpt = Annotated[float | None, typer.Option("--momentum", help="SGD momentum. [default: 0.9]",
                                                       show_default=False)]
-NesterovOpt = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov",
+NesterovOpt = Annotated[bool | None, typer.Option("--nesterov/--no-nesterov",
                                                      help="Nesterov momentum. [default: on]",
                                                      show_default=False)]
-ScheduleOpt = Annotated[Optional[str], typer.Option(
+ScheduleOpt = Annotated[str | None, typer.Option(
     "--schedule", help="cosine, step or constant. [default: cosine; imagenet step]", show_default=False)]
-MilestonesOpt = Annotated[Optional[str], typer.Option(
+MilestonesOpt = Annotated[str | None, typer.Option(
     "--milestones", help="Epochs where the step schedule divides the lr by 10, e.g. 30,60,80.",
     show_default=False)]
-WarmupOpt = Annotated[Optional[float], typer.Option(
+WarmupOpt = Annotated[float | None, typer.Option(
     "--warmup", help="Linear warm-up epochs. [default: 1, or 5% of a shorter run; imagenet 0]",
     show_default=False)]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA), fp32 or bf16.")]
-ChannelsLastOpt = Annotated[Optional[bool], typer.Option(
+ChannelsLastOpt = Annotated[bool | None, typer.Option(
     "--channels-last/--no-channels-last", help="channels_last memory format. [default: on for CUDA]",
     show_default=False)]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
 LoaderOpt = Annotated[str, typer.Option(
     "--loader", help="auto, device (whole uint8 set on the device) or dataloader (worker processes).")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes. "
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes. "
                                                    "[default: min(8, CPUs)]", show_default=False)]
 KeepEveryOpt = Annotated[int, typer.Option(
     "--keep-every", help="Also keep OUT-stem.epochNNN.safetensors every N epochs (0: never).")]
@@ -63,6 +63,21 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrup
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite OUT and start over, discarding "
                                         "its resume state.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of the path.")]
+
+
+ArchOpt = Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")]
+WidthOpt = Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")]
+FamilyOpt = Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")]
+ClassesOpt = Annotated[int | None, typer.Option(help="Classes. [default: the data set's]", show_default=False)]
+InChansOpt = Annotated[int | None, typer.Option(help="Input channels. [default: the data set's]", show_default=False)]
+TemplatesOpt = Annotated[int | None, typer.Option(help="Templates per layer (t). [default: 2]", show_default=False)]
+ShareOpt = Annotated[str | None, typer.Option(help="Bank sharing: pairs or none. [default: pairs]", show_default=False)]
+LikeOpt = Annotated[Path | None, typer.Option(
+    help="Copy net 1's architecture, template plan and data settings (seeded independently).", show_default=False)]
+InitFromOpt = Annotated[Path | None, typer.Option(
+    help="Continue training this small template-mixing checkpoint.", show_default=False)]
+SmallSeedOpt = Annotated[int | None, typer.Option(
+    help="Seed of init, data order and augmentation. [default: 0; with --like: net 1's + 1]", show_default=False)]
 
 
 def _milestones(text: str | None) -> tuple[float, ...] | None:
@@ -95,15 +110,15 @@ def _report(result) -> None:
 def train_small_cmd(
     output: OutOpt,
     epochs: EpochsOpt,
-    arch: Annotated[Optional[str], typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
-    width: Annotated[Optional[float], typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
-    opt: Annotated[Optional[list[str]], typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes. [default: the data set's]", show_default=False)] = None,
-    in_chans: Annotated[Optional[int], typer.Option(help="Input channels. [default: the data set's]", show_default=False)] = None,
-    templates: Annotated[Optional[int], typer.Option(help="Templates per layer (t). [default: 2]", show_default=False)] = None,
-    share: Annotated[Optional[str], typer.Option(help="Bank sharing: pairs or none. [default: pairs]", show_default=False)] = None,
-    like: Annotated[Optional[Path], typer.Option(help="Copy net 1's architecture, template plan and data settings (seeded independently).", show_default=False)] = None,
-    init_from: Annotated[Optional[Path], typer.Option(help="Continue training this small template-mixing checkpoint.", show_default=False)] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
+    width: Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
+    opt: Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
+    num_classes: ClassesOpt = None,
+    in_chans: InChansOpt = None,
+    templates: TemplatesOpt = None,
+    share: ShareOpt = None,
+    like: LikeOpt = None,
+    init_from: InitFromOpt = None,
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     data_opt: DataOptOpt = None,
@@ -117,7 +132,7 @@ def train_small_cmd(
     schedule: ScheduleOpt = None,
     milestones: MilestonesOpt = None,
     warmup: WarmupOpt = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of init, data order and augmentation. [default: 0; with --like: net 1's + 1]", show_default=False)] = None,
+    seed: SmallSeedOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     channels_last: ChannelsLastOpt = None,
@@ -134,8 +149,9 @@ def train_small_cmd(
 
     --like NET1 makes the paper's second network: same architecture, template plan and
     data settings as NET1, new templates from its own seed, ready to fuse with NET1.
+    The paper's WRN setting adds --opt norm=block-input (BatchNorm only before blocks).
 
-    Example: mgtool train-small --arch wrn --width 5 --opt depth=28 --opt norm=block-input --data cifar100 --epochs 200 -o net1.safetensors
+    Example: mgtool train-small --arch wrn --width 5 --data cifar100 --epochs 200 -o net1.safetensors
     """
     from mgtool.train import train_config, train_small
     from mgtool.train.api import like_seed, stored_data
@@ -146,7 +162,8 @@ def train_small_cmd(
                                  param_hint="--arch")
     if arch is None and (width is not None or opt or num_classes or in_chans or templates or share):
         raise typer.BadParameter(f"{sources[0]} takes the architecture and template plan from the "
-                                 "checkpoint; drop --width/--opt/--num-classes/--in-chans/--templates/--share",
+                                 "checkpoint; drop --width/--opt/--num-classes/--in-chans/--templates/"
+                                 "--share",
                                  param_hint=sources[0])
     if arch is not None and width is None:
         raise typer.BadParameter("--arch needs --width", param_hint="--width")
@@ -164,9 +181,10 @@ def train_small_cmd(
                          num_classes=num_classes, in_chans=in_chans, templates=templates or 2,
                          share=share or "pairs", like=like, init_from=init_from, resume=resume,
                          force=force)
-    if not quiet:
-        _report(result)
-    emit(result.out, result.to_dict(), json_)
+    if result.is_main:
+        if not quiet:
+            _report(result)
+        emit(result.out, result.to_dict(), json_)
 
 
 @handle_errors
@@ -204,7 +222,7 @@ def finetune_cmd(
 
     The data set defaults to the one stored in SRC. Under torchrun it trains with DDP.
 
-    Example: torchrun --nproc_per_node 8 -m mgtool finetune grown.safetensors --data cifar100 --epochs 137 -o grown.ft.safetensors
+    Example: torchrun --nproc_per_node 8 -m mgtool finetune grown.safetensors --epochs 137 -o grown.ft.safetensors
     """
     from mgtool.train import finetune, train_config
     from mgtool.train.api import stored_data
@@ -215,9 +233,10 @@ def finetune_cmd(
                          milestones=_milestones(milestones), warmup_epochs=warmup, budget=budget, seed=seed)
     runtime = _runtime(device, precision, channels_last, compile_, loader, workers, keep_every, quiet)
     result = finetune(src, output, cfg, train, runtime, resume=resume, force=force)
-    if not quiet:
-        _report(result)
-    emit(result.out, result.to_dict(), json_)
+    if result.is_main:
+        if not quiet:
+            _report(result)
+        emit(result.out, result.to_dict(), json_)
 
 
 @handle_errors

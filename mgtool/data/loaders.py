@@ -236,8 +236,6 @@ def split_size(cfg: DataConfig, split: str, limit: int | None = None) -> int:
     cfg = resolve_config(cfg)
     dataset = get_dataset(cfg.name)
     split = check_split(cfg.name, split)
-    if dataset.in_memory:
-        n = len(dataset.arrays(cfg, split))
-    else:
-        n = len(dataset.folder(cfg, split, train=False))  # type: ignore[arg-type]
+    source = dataset.arrays(cfg, split) if dataset.in_memory else dataset.folder(cfg, split, train=False)
+    n = len(source)  # type: ignore[arg-type]
     return min(n, limit) if limit is not None else n

@@ -117,6 +117,7 @@ class FitResult:
     meta: CheckpointMeta
     history: list[dict[str, Any]]
     wall_s: float
+    is_main: bool = True  # False on DDP ranks other than 0, which print nothing
 
     def to_dict(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
@@ -451,7 +452,7 @@ def _fit(model: nn.Module, lineage: Lineage, data: DataConfig, train: TrainConfi
     if meta is None:  # resumed a state whose run had already reached its last epoch
         raise MgtoolError(f"{paths.state}: the run had already finished its {train.epochs} epochs; "
                           f"delete {paths.state} (the output {paths.out} is complete)")
-    return FitResult(paths.out, meta, history, time.perf_counter() - started_at)
+    return FitResult(paths.out, meta, history, time.perf_counter() - started_at, env.is_main)
 
 
 def _fmt_epoch(e: float) -> str:
