@@ -1,0 +1,1 @@
+"""Feature analysis: linear CKA between layers and over training (``mgtool cka``, ``cka-time``)."""
