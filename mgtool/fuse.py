@@ -522,14 +522,15 @@ def fuse(
         training=sum(m.flops.training for _, m in metas),
         given=meta0.flops.training + sum(m.flops.given for _, m in metas[1:]),
     )
-    datas = [m.data for _, m in metas]
+    # The data settings carry over when the inputs that record any agree (a converted net records none).
+    datas = [m.data for _, m in metas if m.data is not None]
     meta = CheckpointMeta(
         kind="template-mixing",
         arch=layout.spec,
         plan=layout.plan,
         provenance=new_provenance(parents),
         flops=flops,
-        data=datas[0] if all(d == datas[0] for d in datas) else None,
+        data=datas[0] if datas and all(d == datas[0] for d in datas) else None,
     )
     path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None
     parameters = sum(p.numel() for p in meta_model(layout.spec, layout.plan).parameters())  # trainable
