@@ -289,3 +289,23 @@ def test_keep_every_writes_epoch_copies(tmp_path):
     assert load_file(files[1][1]).keys() == load_file(out).keys()
     r = invoke("train-small", *TINY, "--epochs", "1", "--force", "-o", out)
     assert r.exit_code == 0 and run_paths(out).epoch_files() == []  # --force clears stale copies
+
+
+def test_train_small_on_an_image_folder_uses_the_dataloader_path(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(8):
+                arr = torch.randint(0, 256, (18, 18, 3), dtype=torch.uint8, generator=g).numpy()
+                Image.fromarray(arr).save(tmp_path / "imgs" / split / cls / f"{i}.png")
+    out = tmp_path / "f.safetensors"
+    r = invoke("train-small", "--arch", "tiny-cnn", "--width", "1", "--data", "imagefolder", "--data-dir",
+               tmp_path / "imgs", "--data-opt", "image_size=16", "--workers", "0", "--batch-size", "4",
+               "--epochs", "1", "--quiet", "--json", "-o", out)
+    assert r.exit_code == 0, r.output
+    meta = read_meta(out)
+    assert meta.arch.num_classes == 2 and meta.data["options"]["image_size"] == 16
+    assert meta.training["samples_seen"] == 16 and json.loads(r.stdout)["test_top1"] is not None
