@@ -240,7 +240,8 @@ def write_report(payload: dict[str, Any], figure: Path, json_path: Path, *, titl
 def _axis_name(side: dict[str, Any]) -> str:
     arch = side["arch"]
     half = "" if side["half"] == "both" else f", {side['half']} half of channels"
-    return f"{Path(side['checkpoint']).name}\n{arch['name']} width {arch['width']:g}{half}"
+    depth = f" depth {arch['options']['depth']}" if "depth" in arch["options"] else ""
+    return f"{Path(side['checkpoint']).name}\n{arch['name']}{depth} width {arch['width']:g}{half}"
 
 
 def _label(c: EpochCheckpoint, several_runs: bool) -> str:
