@@ -1,0 +1,312 @@
+"""Recipes: one YAML file per experiment, parsed strictly into frozen dataclasses.
+
+The first comment line of every recipe is the command that runs it. Every section and
+key is listed below; an unknown key is an error naming it and where it is, and a value
+of the wrong type is an error naming the key. ``--set a.b=value`` overrides one value
+(YAML-typed) before validation. See ``recipes/*.yaml`` and README "Recipes".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mgtool.errors import MgtoolError
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A seeded random subset of an idx data set (fashion-mnist, mnist), written to DIR/data."""
+
+    train: int = 0  # training images (0: all)
+    test: int = 0  # test images used during training and by `eval: {on: subset}` (0: all)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSection:
+    name: str
+    dir: str | None = None  # None: the registry's search path (--data-dir, $MGTOOL_DATA_DIR, ./data, ...)
+    options: dict[str, Any] = field(default_factory=dict)
+    download: bool = False
+    subset: Subset | None = None
+
+
+@dataclass(frozen=True)
+class ArchSection:
+    """The small network (net 1 and net 2); the grown one is ``factor`` times as wide."""
+
+    name: str
+    width: float
+    options: dict[str, Any] = field(default_factory=dict)
+    templates: int = 2
+    share: str = "pairs"
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """One training run; unset values come from the data set's recipe (mgtool.train.recipes)."""
+
+    epochs: int
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    schedule: str | None = None
+    milestones: list[float] | None = None  # epochs
+    warmup_epochs: float | None = None
+
+
+@dataclass(frozen=True)
+class Net1Section:
+    """Net 1 is given: a checkpoint (template-mixing as is; plain is converted), or trained here."""
+
+    checkpoint: str | None = None
+    train: TrainSection | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Net2Section:
+    train: TrainSection | None = None  # None: net 1's schedule
+    growth_point: float = 1.0  # fraction of net 2's schedule trained before growing (Table 2)
+    seed: int | None = None  # None: net 1's + 1
+
+
+@dataclass(frozen=True)
+class FuseSection:
+    init: str = "orthogonal"
+    factor: int = 2
+    noise: float = 0.0
+    seed: int = 0
+    fusion: bool = True  # False: grow net 1 alone ("MixtureGrowth w/o fusion"); no net 2
+
+
+@dataclass(frozen=True)
+class FinetuneSection:
+    train: TrainSection
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReferenceSection:
+    """The large net trained from scratch: FLOPs Norm is measured against ``epochs`` of it."""
+
+    epochs: int  # the large net's full schedule (the paper's 1.0X)
+    batch_size: int | None = None  # default: the fine-tune's batch size
+    train_match: bool = False  # also train it from scratch with the FLOPs growth spent ("Large Match")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    on: str = "subset"  # subset: the data the stages trained on; source: the full test split of data
+    limit: int | None = None
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    device: str = "auto"
+    precision: str = "auto"
+    loader: str = "auto"
+    workers: int | None = None
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    data: DataSection
+    arch: ArchSection
+    net1: Net1Section
+    finetune: FinetuneSection
+    reference: ReferenceSection
+    net2: Net2Section = field(default_factory=Net2Section)
+    fuse: FuseSection = field(default_factory=FuseSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    description: str = ""
+    version: int = RECIPE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, command: str | None = None) -> str:
+        head = f"# {command}\n" if command else ""
+        return head + yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def key(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def validate(self) -> None:
+        if self.version != RECIPE_VERSION:
+            raise MgtoolError(f"recipe version {self.version} is not supported (this mgtool reads {RECIPE_VERSION})")
+        if (self.net1.checkpoint is None) == (self.net1.train is None):
+            raise MgtoolError("recipe net1: give exactly one of checkpoint (a given net 1) or train (train it here)")
+        if not 0.0 < self.net2.growth_point <= 1.0:
+            raise MgtoolError(f"recipe net2.growth_point must be in (0, 1], got {self.net2.growth_point}")
+        if self.fuse.factor < 2:
+            raise MgtoolError(f"recipe fuse.factor must be at least 2, got {self.fuse.factor}")
+        if self.fuse.fusion and self.fuse.factor != 2:
+            raise MgtoolError("recipe fuse.factor: fusing net 1 and net 2 grows by exactly 2 "
+                              "(set fuse.fusion: false to grow one net by another factor)")
+        if self.eval.on not in ("subset", "source"):
+            raise MgtoolError(f"recipe eval.on must be subset or source, got {self.eval.on!r}")
+        if self.reference.epochs < 1:
+            raise MgtoolError(f"recipe reference.epochs must be at least 1, got {self.reference.epochs}")
+        for where, t in (("net1.train", self.net1.train), ("net2.train", self.net2.train),
+                         ("finetune.train", self.finetune.train)):
+            if t is not None and t.epochs < 1:
+                raise MgtoolError(f"recipe {where}.epochs must be at least 1, got {t.epochs}")
+
+
+# ---------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except MgtoolError as e:
+                errors.append(str(e))
+        raise MgtoolError(errors[0] if errors else f"recipe {where}: must not be null")
+    if dataclasses.is_dataclass(tp):
+        return _dataclass(tp, value, where)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise MgtoolError(f"recipe {where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise MgtoolError(f"recipe {where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MgtoolError(f"recipe {where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MgtoolError(f"recipe {where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MgtoolError(f"recipe {where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise MgtoolError(f"recipe {where}: expected a string, got {value!r}")
+        return value
+    raise MgtoolError(f"recipe {where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _dataclass(cls: Any, data: Any, where: str) -> Any:
+    label = where or "top level"
+    if not isinstance(data, dict):
+        raise MgtoolError(f"recipe {label}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        known = ", ".join(fields)
+        raise MgtoolError(f"recipe {label}: unknown key {unknown[0]!r} (known: {known})")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{where}.{name}" if where else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MgtoolError(f"recipe {label}: missing key {name!r}")
+            continue
+        kwargs[name] = _convert(data[name], hints[name], sub)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], YAML-typed value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise MgtoolError(f"--set expects KEY=VALUE with a dotted key such as finetune.train.epochs=5, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for i, k in enumerate(keys[:-1]):
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise MgtoolError(f"--set {text}: {'.'.join(keys[: i + 1])} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def recipe_from_dict(data: Any, overrides: list[str] | None = None) -> Recipe:
+    if not isinstance(data, dict):
+        raise MgtoolError("a recipe is a YAML mapping of sections (name, data, arch, net1, ...)")
+    recipe = _dataclass(Recipe, apply_overrides(data, overrides or []), "")
+    recipe.validate()
+    return recipe
+
+
+def read_recipe_text(path: Path | str) -> str:
+    path = Path(path)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise MgtoolError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MgtoolError(f"{path}: cannot read the recipe ({e})") from None
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    """Parse and validate a recipe file; errors name the file and the offending key."""
+    text = read_recipe_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MgtoolError(f"{path}: not valid YAML ({first})") from None
+    try:
+        return recipe_from_dict(data, overrides)
+    except MgtoolError as e:
+        raise MgtoolError(f"{path}: {e}") from None
+
+
+def recipe_command(path: Path | str) -> str | None:
+    """The command on the recipe's first comment line (``# mgtool run ...``), if any."""
+    for line in read_recipe_text(path).splitlines():
+        if line.strip():
+            return line.strip()[1:].strip() if line.lstrip().startswith("#") else None
+    return None
