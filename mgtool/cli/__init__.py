@@ -33,6 +33,7 @@ core_commands.register(app)
 grow_commands.register(app)
 train_commands.register(app)
 analysis_commands.register(app)
+from mgtool.cli import run_commands; run_commands.register(app)  # noqa: E402, E702
 
 
 def main() -> int:
