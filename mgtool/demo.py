@@ -90,7 +90,7 @@ def demo_recipe(*, quick: bool, data: str, folder: Path | None, device: str = "a
     else:
         data_section = {"name": "fashion-mnist", "dir": str(folder),
                         "subset": {"train": train, "test": test, "seed": 0}}
-        eval_on = "subset" if quick else "source"
+        eval_on = "subset" if quick else "full"
     return recipe_from_dict({
         "name": "demo-quick" if quick else "demo",
         "description": "mgtool demo: two small WRNs -> fused -> fine-tuned, against a large WRN at equal FLOPs",
@@ -102,7 +102,7 @@ def demo_recipe(*, quick: bool, data: str, folder: Path | None, device: str = "a
         "fuse": {"init": "orthogonal"},
         "finetune": {"train": {"epochs": 1}},
         "reference": {"epochs": epochs, "train_match": True},
-        "eval": {"on": eval_on},
+        "eval": {"test_set": eval_on},
         "runtime": {"device": device, "threads": threads},
     })
 

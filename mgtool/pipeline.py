@@ -255,8 +255,8 @@ class Pipeline:
 
     def evaluate(self, checkpoints: dict[str, Path]) -> dict[str, Any]:
         e = self.r.eval
-        data = self.data if e.on == "subset" else self.source
-        config = {"on": e.on, "limit": e.limit, "data": data.to_dict()}
+        data = self.data if e.test_set == "subset" else self.source
+        config = {"test_set": e.test_set, "limit": e.limit, "data": data.to_dict()}
         out = self.dir / FILES["eval"]
 
         def work(path: Path, resume: bool, force: bool) -> None:
@@ -346,7 +346,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path | str, *, command: str | None = N
     summary = Summary(recipe.name, out_dir, rows, p.outcomes, reference, time.perf_counter() - t0,
                       extra={"flops_charged": charged, "flops_norm": flops_norm(charged, reference),
                              "reference_epochs": recipe.reference.epochs,
-                             "data": p.data.to_dict(), "eval_on": recipe.eval.on})
+                             "data": p.data.to_dict(), "eval_test_set": recipe.eval.test_set})
     path = out_dir / SUMMARY_FILE
     text = json.dumps(summary.to_dict(), indent=1)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -110,7 +110,7 @@ class ReferenceSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    on: str = "subset"  # subset: the data the stages trained on; source: the full test split of data
+    test_set: str = "subset"  # subset: the test images the stages trained with; full: the data set's whole test split
     limit: int | None = None
     batch_size: int = 256
 
@@ -161,8 +161,8 @@ class Recipe:
         if self.fuse.fusion and self.fuse.factor != 2:
             raise MgtoolError("recipe fuse.factor: fusing net 1 and net 2 grows by exactly 2 "
                               "(set fuse.fusion: false to grow one net by another factor)")
-        if self.eval.on not in ("subset", "source"):
-            raise MgtoolError(f"recipe eval.on must be subset or source, got {self.eval.on!r}")
+        if self.eval.test_set not in ("subset", "full"):
+            raise MgtoolError(f"recipe eval.test_set must be subset or full, got {self.eval.test_set!r}")
         if self.reference.epochs < 1:
             raise MgtoolError(f"recipe reference.epochs must be at least 1, got {self.reference.epochs}")
         for where, t in (("net1.train", self.net1.train), ("net2.train", self.net2.train),

@@ -41,7 +41,7 @@ def summary_table(summary) -> Table:
                      f"{summary.reference_flops:.3g}, the large net trained from scratch for the full "
                      f"{summary.extra['reference_epochs']}-epoch schedule (1.00X). fvcore multiply-adds, training = "
                      "3x forward. "
-                     f"Accuracy on the {'full test split' if summary.extra['eval_on'] == 'source' else 'test split used in training'}.")
+                     f"Accuracy on the {'full test split' if summary.extra['eval_test_set'] == 'full' else 'test split used in training'}.")
     return table
 
 

@@ -1,0 +1,125 @@
+"""The recipe schema: every shipped recipe loads; unknown keys and bad values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mgtool.cli import app
+from mgtool.errors import MgtoolError
+from mgtool.recipe import load_recipe, recipe_command, recipe_from_dict
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic-smoke.yaml"
+runner = CliRunner()
+
+
+def smoke_dict() -> dict:
+    return yaml.safe_load(SMOKE.read_text())
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_shipped_recipes_load_and_name_their_command(path: Path) -> None:
+    recipe = load_recipe(path)
+    command = recipe_command(path)
+    assert command is not None and command.startswith(f"mgtool run recipes/{path.name}")
+    assert recipe.reference.epochs >= 1
+    assert recipe_from_dict(yaml.safe_load(recipe.to_yaml())) == recipe  # round trip
+
+
+def test_the_paper_recipes() -> None:
+    root = SMOKE.parent
+    c100 = load_recipe(root / "cifar100-wrn28.yaml")
+    assert (c100.arch.name, c100.arch.width, c100.arch.options["depth"]) == ("wrn", 5, 28)
+    assert c100.arch.options["norm"] == "block-input"
+    assert c100.net1.train.epochs == 200 and c100.reference.epochs == 200
+    assert c100.finetune.train.epochs == 40 and c100.net2.growth_point == 1.0
+    r50 = load_recipe(root / "imagenet-resnet50.yaml")
+    assert (r50.arch.name, r50.arch.width, r50.arch.options) == ("resnet50", 0.5, {"stem": "scaled"})
+    assert r50.net1.train.milestones == [30, 60, 80] and r50.net1.train.batch_size == 256
+    assert r50.reference.epochs == 90
+
+
+def test_scaled_stem_grows_half_width_resnet50_into_resnet50() -> None:
+    import timm
+
+    from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
+
+    r50 = load_recipe(SMOKE.parent / "imagenet-resnet50.yaml")
+    small = resolve_spec(ArchSpec(r50.arch.name, r50.arch.width, 1000, 3, dict(r50.arch.options)))
+    with __import__("torch").device("meta"):
+        grown = build_plain(grow_spec(small, 2))
+        reference = timm.create_model("resnet50")
+    assert {k: tuple(v.shape) for k, v in grown.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+
+
+@pytest.mark.parametrize(("where", "key"), [((), "finetun"), (("finetune", "train"), "epoch"),
+                                            (("data",), "subsets"), (("fuse",), "int")])
+def test_unknown_key_is_named_with_its_place(where: tuple[str, ...], key: str) -> None:
+    data = smoke_dict()
+    node = data
+    for part in where:
+        node = node[part]
+    node[key] = 1
+    with pytest.raises(MgtoolError) as e:
+        recipe_from_dict(data)
+    assert repr(key) in str(e.value)
+    assert (".".join(where) or "top level") in str(e.value)
+
+
+def test_wrong_types_and_missing_keys_are_named() -> None:
+    data = smoke_dict()
+    data["finetune"]["train"]["epochs"] = "three"
+    with pytest.raises(MgtoolError, match=r"finetune\.train\.epochs: expected an integer"):
+        recipe_from_dict(data)
+    data = smoke_dict()
+    del data["reference"]
+    with pytest.raises(MgtoolError, match="missing key 'reference'"):
+        recipe_from_dict(data)
+    data = smoke_dict()
+    data["net1"]["checkpoint"] = "net1.safetensors"
+    with pytest.raises(MgtoolError, match="exactly one of checkpoint"):
+        recipe_from_dict(data)
+    data = smoke_dict()
+    data["net2"]["growth_point"] = 1.5
+    with pytest.raises(MgtoolError, match="growth_point"):
+        recipe_from_dict(data)
+
+
+def test_overrides_are_typed_and_validated() -> None:
+    r = recipe_from_dict(smoke_dict(), ["finetune.train.epochs=3", "fuse.init=random", "finetune.train.lr=0.05"])
+    assert r.finetune.train.epochs == 3 and r.fuse.init == "random" and r.finetune.train.lr == 0.05
+    with pytest.raises(MgtoolError, match="'epoch'"):
+        recipe_from_dict(smoke_dict(), ["finetune.train.epoch=3"])
+    with pytest.raises(MgtoolError, match="KEY=VALUE"):
+        recipe_from_dict(smoke_dict(), ["finetune.train.epochs"])
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(MgtoolError, match="no such recipe"):
+        load_recipe(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(MgtoolError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+def test_run_cli_help_and_bad_recipes(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--help"])
+    assert result.exit_code == 0 and "Example: mgtool run" in result.output
+    typo = tmp_path / "typo.yaml"
+    data = smoke_dict()
+    data["finetune"]["train"]["epoch"] = 1
+    typo.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(typo), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "unknown key 'epoch'" in result.stderr and "finetune.train" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "out" / "net1.safetensors").exists()
+    result = runner.invoke(app, ["run", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 1 and "no such recipe" in result.stderr
+    result = runner.invoke(app, ["run", str(SMOKE), "--set", "nonsense"])
+    assert result.exit_code == 1 and "KEY=VALUE" in result.stderr
