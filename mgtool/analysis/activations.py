@@ -33,6 +33,11 @@ from mgtool.plan import mixable_layers
 HALVES = ("first", "second", "both")
 
 
+def check_half(half: str) -> None:
+    if half not in HALVES and not (half.isdigit() and int(half) >= 1):
+        raise MgtoolError(f"--half must be first, second, both or a block number 1..g, got {half!r}")
+
+
 def plain_net(model: nn.Module) -> nn.Module:
     """The module tree whose names are the family's own (unwraps a template-mixing net)."""
     return model.net if isinstance(model, TemplateMixingNet) else model
@@ -133,11 +138,14 @@ class ChannelBlock:
 
     @classmethod
     def from_half(cls, half: str, factor: int) -> ChannelBlock | None:
-        if half not in HALVES:
-            raise MgtoolError(f"--half must be one of {', '.join(HALVES)}, got {half!r}")
+        """``first``/``second``/``both`` (all channels: None), or ``N`` for block N of g > 2."""
+        check_half(half)
         if half == "both":
             return None
-        return cls(0 if half == "first" else 1, factor)
+        index = {"first": 0, "second": 1}.get(half, int(half) - 1 if half.isdigit() else -1)
+        if not 0 <= index < factor:
+            raise MgtoolError(f"--half {half}: the grown network has {factor} channel blocks (g={factor})")
+        return cls(index, factor)
 
     def take(self, activation: Tensor, layer: str, widths: set[int]) -> Tensor:
         channels = activation.shape[1]

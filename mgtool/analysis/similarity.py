@@ -28,9 +28,9 @@ from mgtool.analysis.activations import (
 )
 from mgtool.analysis.cka import MIN_BATCH, MinibatchCKA, gram, linear_cka
 from mgtool.analysis.plot import FORMATS, matplotlib_available, plot_heatmap
-from mgtool.checkpoint import CheckpointMeta, atomic_write, check_output_path
+from mgtool.checkpoint import CheckpointMeta, atomic_write, check_output_path, read_meta
 from mgtool.errors import MgtoolError
-from mgtool.loading import load_checkpoint
+from mgtool.loading import build_model, load_checkpoint
 
 ESTIMATORS = {
     "minibatch": "linear CKA, unbiased HSIC (Song et al. 2012) per batch, averaged over batches "
@@ -136,26 +136,15 @@ def cka_over_time(
         raise MgtoolError(
             "cka-time needs at least two checkpoints (a run folder written with --keep-every, or several files)"
         )
-    taps = []
-    names = []
-    for ckpt in checkpoints:
-        model, meta = _load(ckpt.path, data)
-        name = resolve_layer(model, meta.arch.name, layer, str(ckpt.path))
-        names.append(name)
-        taps.append((model, [name], None, str(ckpt.path)))
-    if len(set(names)) > 1:
-        raise MgtoolError(
-            f"--layer {layer!r} names different layers in different checkpoints "
-            f"({', '.join(sorted(set(names)))}); give the exact name"
-        )
-    matrix, seen, batches = _estimate_time(taps, data, settings, progress)
+    name = _layer_in_every_checkpoint(checkpoints, layer, data)
+    matrix, seen, batches = _estimate_time(checkpoints, name, data, settings, progress)
     runs = {c.run for c in checkpoints}
     return {
         "kind": "cka-time",
         "estimator": settings.estimator,
         "estimator_detail": ESTIMATORS[settings.estimator],
         "matrix": _jsonable(matrix),
-        "layer": names[0],
+        "layer": name,
         "checkpoints": [
             {"path": str(c.path), "run": c.run, "epoch": c.epoch, "label": _label(c, len(runs) > 1)}
             for c in checkpoints
@@ -251,16 +240,20 @@ def _label(c: EpochCheckpoint, several_runs: bool) -> str:
 
 
 def _load(path: Path, data: Any) -> tuple[nn.Module, CheckpointMeta]:
+    _check_channels(path, read_meta(path), data)
+    model, meta = load_checkpoint(path)
+    return model.eval(), meta
+
+
+def _check_channels(path: Path, meta: CheckpointMeta, data: Any) -> None:
     from mgtool.data import dataset_info
 
-    model, meta = load_checkpoint(path)
     channels = dataset_info(data).shape[0]
     if meta.arch.in_chans != channels:
         raise MgtoolError(
             f"{path}: the model takes {meta.arch.in_chans}-channel input, but "
             f"{data.name} images have {channels} channels"
         )
-    return model.eval(), meta
 
 
 def _blocks(
@@ -348,26 +341,49 @@ def _estimate_pair(
     return _full_matrix(xs, ys), seen, batches
 
 
+def _layer_in_every_checkpoint(checkpoints: list[EpochCheckpoint], layer: str, data: Any) -> str:
+    """The layer's exact name, checked in every architecture among the checkpoints before any
+    weights are loaded (a model is built once per architecture, from the metadata alone)."""
+    names: dict[str, str] = {}
+    for ckpt in checkpoints:
+        meta = read_meta(ckpt.path)
+        key = meta.arch.key()
+        if key not in names:
+            _check_channels(ckpt.path, meta, data)
+            names[key] = resolve_layer(build_model(meta), meta.arch.name, layer, str(ckpt.path))
+    if len(set(names.values())) > 1:
+        raise MgtoolError(
+            f"--layer {layer!r} names different layers in different checkpoints "
+            f"({', '.join(sorted(set(names.values())))}); give the exact name"
+        )
+    return next(iter(names.values()))
+
+
 def _estimate_time(
-    taps: list[Tap], data: Any, settings: EvalSettings, progress: Callable[[int], None] | None
+    checkpoints: list[EpochCheckpoint],
+    layer: str,
+    data: Any,
+    settings: EvalSettings,
+    progress: Callable[[int], None] | None,
 ) -> tuple[Tensor, int, int]:
-    """One layer in many checkpoints: each model runs over the batches once, one at a time,
-    keeping only its per-batch Gram matrices (or activations for the full estimator)."""
+    """One layer in many checkpoints, loaded one at a time: each runs over the batches once and
+    leaves only its per-batch Gram matrices (or, for the full estimator, its activations)."""
     full = settings.estimator == "full"
     per_model: list[list[Tensor]] = []
     seen = batches = 0
-    for model, layers, block, where in taps:
+    for ckpt in checkpoints:
+        model, _ = _load(ckpt.path, data)
         kept = []
         seen = batches = 0
-        with LayerTap(model.to(settings.device), layers, _keep if full else gram, block) as tap:
+        with LayerTap(model.to(settings.device), [layer], _keep if full else gram) as tap:
             for x in _batches(data, settings):
-                out = _run(tap, x, where)[0]
+                out = _run(tap, x, str(ckpt.path))[0]
                 if full:
-                    _check_full_memory(out.shape[1] * len(taps), settings.samples)
+                    _check_full_memory(out.shape[1] * len(checkpoints), settings.samples)
                 kept.append(out)
                 seen += x.shape[0]
                 batches += 1
-        model.to("cpu")
+        del model
         per_model.append(kept)
         if progress:
             progress(1)

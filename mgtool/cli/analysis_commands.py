@@ -10,6 +10,7 @@ from rich.progress import Progress
 
 from mgtool.cli.common import console, emit, handle_errors
 from mgtool.cli.data_options import DataDirOpt, DataOpt, DataOptOpt, DeviceOpt, SplitOpt
+from mgtool.errors import MgtoolError
 
 FigureOpt = Annotated[
     Path,
@@ -58,7 +59,7 @@ def cka_cmd(
         str,
         typer.Option(
             "--half",
-            help="In a grown checkpoint: first (channels from net 1), second (from net 2), both.",
+            help="In a grown checkpoint: first (channels from net 1), second (from net 2), both; N: block N of g.",
         ),
     ] = "both",
     estimator: EstimatorOpt = "minibatch",
@@ -73,7 +74,7 @@ def cka_cmd(
 
     Example: mgtool cka grown.safetensors net1.safetensors --data cifar100 --half first -o cka.png
     """
-    from mgtool.analysis.activations import HALVES
+    from mgtool.analysis.activations import check_half
     from mgtool.analysis.similarity import (
         EvalSettings,
         cka_between,
@@ -84,8 +85,10 @@ def cka_cmd(
     from mgtool.cli.data_options import data_config_from_cli
     from mgtool.train.distributed import resolve_device
 
-    if half not in HALVES:
-        raise typer.BadParameter(f"expected one of {', '.join(HALVES)}", param_hint="--half")
+    try:
+        check_half(half)
+    except MgtoolError as e:
+        raise typer.BadParameter(str(e), param_hint="--half") from None
     figure, json_path = output_paths(output, force)
     cfg = data_config_from_cli(data, data_dir, data_opt, fallback=read_meta(a).data)
     settings = EvalSettings(split, samples, batch_size, estimator, str(resolve_device(device)))
