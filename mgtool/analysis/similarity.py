@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,9 @@ from mgtool.analysis.plot import FORMATS, matplotlib_available, plot_heatmap
 from mgtool.checkpoint import CheckpointMeta, atomic_write, check_output_path, read_meta
 from mgtool.errors import MgtoolError
 from mgtool.loading import build_model, load_checkpoint
+
+if TYPE_CHECKING:
+    from mgtool.data import DataConfig
 
 ESTIMATORS = {
     "minibatch": "linear CKA, unbiased HSIC (Song et al. 2012) per batch, averaged over batches "
@@ -83,7 +86,7 @@ def output_paths(out: Path, force: bool) -> tuple[Path, Path]:
 def cka_between(
     a: Path,
     b: Path,
-    data: Any,
+    data: DataConfig,
     settings: EvalSettings,
     *,
     layers: str | None = None,
@@ -92,8 +95,8 @@ def cka_between(
 ) -> dict[str, Any]:
     """The layer-by-layer CKA matrix of checkpoint A (rows) against checkpoint B (columns).
 
-    ``data`` is a ``mgtool.data.DataConfig``. ``half`` (first|second|both) takes, in each
-    grown checkpoint (g > 1), the channel block that came from small net 1 or 2.
+    ``half`` (first|second|both, or a block number) takes, in each grown checkpoint
+    (g > 1), the channel block that came from small net 1, 2, ...
     """
     settings.check()
     model_a, meta_a = _load(a, data)
@@ -125,7 +128,7 @@ def cka_between(
 def cka_over_time(
     checkpoints: list[EpochCheckpoint],
     layer: str,
-    data: Any,
+    data: DataConfig,
     settings: EvalSettings,
     *,
     progress: Callable[[int], None] | None = None,
@@ -197,10 +200,14 @@ def write_report(payload: dict[str, Any], figure: Path, json_path: Path, *, titl
     payload["json"] = str(json_path)
     drawn = matplotlib_available()
     payload["figure"] = str(figure) if drawn else None
+    if drawn:  # first: if drawing fails, nothing is written
+        _draw(payload, figure, title)
     text = json.dumps(payload, indent=1) + "\n"
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
-    if not drawn:
-        return None
+    return figure if drawn else None
+
+
+def _draw(payload: dict[str, Any], figure: Path, title: str) -> None:
     if payload["kind"] == "cka":
         rows, cols = payload["rows"], payload["cols"]
         plot_heatmap(
@@ -223,7 +230,6 @@ def write_report(payload: dict[str, Any], figure: Path, json_path: Path, *, titl
             col_axis="checkpoint (epoch)",
             out=figure,
         )
-    return figure
 
 
 def _axis_name(side: dict[str, Any]) -> str:
@@ -239,13 +245,13 @@ def _label(c: EpochCheckpoint, several_runs: bool) -> str:
     return f"{c.run}:{c.epoch}" if several_runs else str(c.epoch)
 
 
-def _load(path: Path, data: Any) -> tuple[nn.Module, CheckpointMeta]:
+def _load(path: Path, data: DataConfig) -> tuple[nn.Module, CheckpointMeta]:
     _check_channels(path, read_meta(path), data)
     model, meta = load_checkpoint(path)
     return model.eval(), meta
 
 
-def _check_channels(path: Path, meta: CheckpointMeta, data: Any) -> None:
+def _check_channels(path: Path, meta: CheckpointMeta, data: DataConfig) -> None:
     from mgtool.data import dataset_info
 
     channels = dataset_info(data).shape[0]
@@ -277,7 +283,7 @@ def _side(path: Path, meta: CheckpointMeta, layers: list[str], half: str) -> dic
 Tap = tuple[nn.Module, list[str], ChannelBlock | None, str]
 
 
-def _batches(data: Any, settings: EvalSettings) -> Iterator[Tensor]:
+def _batches(data: DataConfig, settings: EvalSettings) -> Iterator[Tensor]:
     from mgtool.data import eval_batches
 
     for x, _ in eval_batches(
@@ -287,7 +293,7 @@ def _batches(data: Any, settings: EvalSettings) -> Iterator[Tensor]:
         batch_size=settings.batch_size,
         device=settings.device,
     ):
-        if x.shape[0] >= MIN_BATCH:  # a short last batch cannot be estimated without bias
+        if x.shape[0] >= MIN_BATCH:  # the unbiased HSIC of a batch needs at least 4 samples
             yield x
 
 
@@ -304,7 +310,7 @@ def _run(tap: LayerTap, x: Tensor, where: str) -> list[Tensor]:
 
 def _estimate_pair(
     taps: tuple[Tap, Tap],
-    data: Any,
+    data: DataConfig,
     settings: EvalSettings,
     progress: Callable[[int], None] | None,
 ) -> tuple[Tensor, int, int]:
@@ -341,7 +347,7 @@ def _estimate_pair(
     return _full_matrix(xs, ys), seen, batches
 
 
-def _layer_in_every_checkpoint(checkpoints: list[EpochCheckpoint], layer: str, data: Any) -> str:
+def _layer_in_every_checkpoint(checkpoints: list[EpochCheckpoint], layer: str, data: DataConfig) -> str:
     """The layer's exact name, checked in every architecture among the checkpoints before any
     weights are loaded (a model is built once per architecture, from the metadata alone)."""
     names: dict[str, str] = {}
@@ -362,7 +368,7 @@ def _layer_in_every_checkpoint(checkpoints: list[EpochCheckpoint], layer: str, d
 def _estimate_time(
     checkpoints: list[EpochCheckpoint],
     layer: str,
-    data: Any,
+    data: DataConfig,
     settings: EvalSettings,
     progress: Callable[[int], None] | None,
 ) -> tuple[Tensor, int, int]:
@@ -416,7 +422,7 @@ def _check_full_memory(features_per_sample: int, samples: int) -> None:
         )
 
 
-def _check_some(batches: int, data: Any, settings: EvalSettings) -> None:
+def _check_some(batches: int, data: DataConfig, settings: EvalSettings) -> None:
     if batches == 0:
         raise MgtoolError(
             f"{data.name} ({settings.split}) gave no batch of at least "
