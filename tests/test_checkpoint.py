@@ -85,3 +85,12 @@ def test_safetensors_without_mgtool_metadata(tmp_path):
     save_file({"a": torch.zeros(2)}, str(path))
     with pytest.raises(MgtoolError, match="without mgtool metadata"):
         read_meta(path)
+
+
+def test_outputs_get_the_usual_file_mode(tm_file):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(tm_file.stat().st_mode) == 0o666 & ~mask
