@@ -95,8 +95,9 @@ def demo_cmd(
     download: Annotated[bool, typer.Option(
         "--download/--no-download", help="Download Fashion-MNIST with torchvision if it is found nowhere.")] = True,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="torch CPU threads. [default: torch's]", show_default=False)] = None,
+    threads: Annotated[int, typer.Option(
+        "--threads", help="torch CPU threads (0: torch's default). One is the robust choice for these small "
+        "convolutions: more gain little and are much slower on a busy machine.")] = 1,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
@@ -112,7 +113,7 @@ def demo_cmd(
     from mgtool.demo import run_demo
 
     summary = run_demo(output, quick=quick, data=data, data_dir=data_dir, download=download, device=device,
-                       threads=threads, force=force, quiet=quiet, log=_log)
+                       threads=threads or None, force=force, quiet=quiet, log=_log)
     _finish(summary, json_)
 
 
