@@ -6,8 +6,8 @@
 Setting (default, sized for about 2 hours on 2 CPU cores; every figure is printed with it):
 WRN-10 with BatchNorm before each block only (``norm=block-input``, the paper's CIFAR
 setting), small = widen factor 0.5 with an 8-channel stem, large = widen 1 with a
-16-channel stem (exactly two small nets grown by g=2); a seeded random 15,000-image
-subset of the Fashion-MNIST training set, a 2,000-image subset of the test set for the
+16-channel stem (exactly two small nets grown by g=2); a seeded random 10,000-image
+subset of the Fashion-MNIST training set, a 1,000-image subset of the test set for the
 per-epoch curves, the full 10,000-image test set for every reported accuracy. The large
 net's full schedule is 10 epochs (cosine, lr 0.1, batch 128); the small nets (net 1,
 net 2) train on the same 10-epoch schedule; growth methods get the paper's CIFAR budget
@@ -210,7 +210,8 @@ class Bench:
                                                      self._cfg(self.s.epochs, 1.0, seed), self.runtime, **kw))
             flops = read_meta(path).flops.training
             return {"path": str(path), "top1": self._eval(path), "training_flops": flops,
-                    "flops_charged": flops, "flops_norm": flops / self.reference(), "given": 0.0, "curve": self._curve(path)}
+                    "flops_charged": flops, "flops_norm": flops / self.reference(), "given": 0.0,
+                    "curve": self._curve(path)}
         return self.cached("large", {"seed": seed}, run)
 
     def reference(self) -> float:
@@ -427,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--reverse", action="store_true",
                    help="Take the seeds in reverse order: run a second worker with it to use two processes.")
-    p.add_argument("--train-size", type=int, default=15000, help="Training subset (0: all 60,000).")
-    p.add_argument("--eval-size", type=int, default=2000, help="Test subset for the per-epoch curves.")
+    p.add_argument("--train-size", type=int, default=10000, help="Training subset (0: all 60,000).")
+    p.add_argument("--eval-size", type=int, default=1000, help="Test subset for the per-epoch curves.")
     p.add_argument("--test-size", type=int, default=0, help="Test images for the reported accuracy (0: all).")
     p.add_argument("--epochs", type=int, default=10, help="The large net's full schedule (and net 1/2's).")
     p.add_argument("--budget", type=float, default=0.45, help="FLOPs Norm of every growth method.")
@@ -449,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     order = seeds[::-1] if args.reverse else seeds
     t0 = time.perf_counter()
-    log(f"setting {json.dumps(setting.key())}; small {bench.small_spec.describe()}, large {bench.large_spec.describe()}; "
+    log(f"setting {json.dumps(setting.key())}; small {bench.small_spec.describe()}, "
+        f"large {bench.large_spec.describe()}; "
         f"threads {torch.get_num_threads()}")
     report: dict[str, Any] = {"setting": setting.key(), "small": bench.small_spec.to_dict(),
                               "large": bench.large_spec.to_dict(), "tables": {}}

@@ -30,7 +30,7 @@ from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.budget import epochs_for_flops, flops_norm, per_sample, samples_per_epoch
 from mgtool.checkpoint import atomic_write, read_meta
 from mgtool.convert import convert
-from mgtool.data import DataConfig, data_config, dataset_info, split_size
+from mgtool.data import data_config, dataset_info, split_size
 from mgtool.errors import MgtoolError
 from mgtool.export import export
 from mgtool.fuse import fuse
@@ -304,8 +304,7 @@ class Pipeline:
 
 
 def _is_mgtool(path: Path) -> bool:
-    from mgtool.checkpoint import METADATA_KEY
-    from mgtool.checkpoint import read_raw_metadata
+    from mgtool.checkpoint import METADATA_KEY, read_raw_metadata
 
     try:
         raw = read_raw_metadata(path)

@@ -45,7 +45,8 @@ def test_demo_quick_on_synthetic_stand_in(tmp_path: Path) -> None:
     assert "0 stage(s) ran" in again.stderr
 
 
-@pytest.mark.skipif(_real_data() is None, reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(_real_data() is None,
+                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_demo_quick_on_real_fashion_mnist(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--quick", "--threads", "1", "-o", str(tmp_path / "demo"), "--json",
                                  "--no-download"])

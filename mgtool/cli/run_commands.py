@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich import box
@@ -13,7 +13,7 @@ from rich.table import Table
 
 from mgtool.cli.common import console, emit, handle_errors
 
-OutDirOpt = Annotated[Optional[Path], typer.Option(
+OutDirOpt = Annotated[Path | None, typer.Option(
     "-o", "--output", help="Folder for the stages' files. [default: runs/<recipe name>]", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace files in DIR that this pipeline did not write.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or epoch lines.")]
@@ -26,6 +26,10 @@ def _log(message: str) -> None:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.2%}"
+
+
+def _test_set(which: str) -> str:
+    return "full test split" if which == "full" else "test split used in training"
 
 
 def summary_table(summary) -> Table:
@@ -41,7 +45,7 @@ def summary_table(summary) -> Table:
                      f"{summary.reference_flops:.3g}, the large net trained from scratch for the full "
                      f"{summary.extra['reference_epochs']}-epoch schedule (1.00X). fvcore multiply-adds, training = "
                      "3x forward. "
-                     f"Accuracy on the {'full test split' if summary.extra['eval_test_set'] == 'full' else 'test split used in training'}.")
+                     f"Accuracy on the {_test_set(summary.extra['eval_test_set'])}.")
     return table
 
 
@@ -57,7 +61,7 @@ def _finish(summary, json_: bool) -> None:
 def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).", show_default=False)],
     output: OutDirOpt = None,
-    set_: Annotated[Optional[list[str]], typer.Option(
+    set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, KEY=VALUE with a dotted key (repeatable), "
         "e.g. --set finetune.train.epochs=5.", show_default=False)] = None,
     force: ForceOpt = False,
@@ -88,8 +92,9 @@ def demo_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option("--quick", help="A few hundred images, one epoch per stage (CI).")] = False,
     data: Annotated[str, typer.Option(
-        "--data", help="fashion-mnist, or synthetic (random images of the same shape; for tests only).")] = "fashion-mnist",
-    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data", help="fashion-mnist, or synthetic (random images of the same shape; for tests only).",
+    )] = "fashion-mnist",
+    data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", help="Folder with Fashion-MNIST's idx files (used instead of the automatic search).",
         show_default=False)] = None,
     download: Annotated[bool, typer.Option(
