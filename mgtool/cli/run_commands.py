@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -82,7 +81,8 @@ def run_cmd(
 
     r = load_recipe(recipe, list(set_ or []))
     out = output or Path("runs") / r.name
-    command = "mgtool run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+    command = " ".join(["mgtool run", shlex.quote(str(recipe)), "-o", shlex.quote(str(out)),
+                        *(f"--set {shlex.quote(s)}" for s in set_ or [])])
     summary = run_pipeline(r, out, command=command, force=force, quiet=quiet, log=_log)
     _finish(summary, json_)
 
