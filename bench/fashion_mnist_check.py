@@ -42,7 +42,7 @@ def main() -> int:
     shown = f"OMP_NUM_THREADS={args.threads} " + shlex.join(cmd)
     print(f"$ {shown}", file=sys.stderr)
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "mgtool", *cmd[1:]], env=env)
+    run = subprocess.run([sys.executable, "-m", "mgtool", *cmd[1:]], env=env, stdout=sys.stderr)
     wall = time.perf_counter() - start
     if run.returncode != 0:
         print(f"training failed with exit code {run.returncode}", file=sys.stderr)

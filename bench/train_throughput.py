@@ -132,8 +132,12 @@ def main() -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if not in the table")
     p.add_argument("--loader-samples", type=int, default=50000)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--loaders-only", action="store_true", help="only the data-path rows (data alone)")
+    p.add_argument("--data", default="synthetic", help="data set for the loader rows (e.g. fashion-mnist)")
     p.add_argument("--json-out", default=None)
     a = p.parse_args()
+    if a.loaders_only and a.smoke:
+        p.error("--loaders-only and --smoke do not go together")
     if a.smoke:
         a.device, a.batch_size, a.steps, a.warmup, a.compile, a.loader_samples, a.workers = \
             "cpu", 8, 2, 1, "off", 128, 0
@@ -152,7 +156,7 @@ def main() -> int:
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
 
     rows: list[dict] = []
-    compiles = {"off": [False], "on": [True], "both": [False, True]}[a.compile]
+    compiles = [] if a.loaders_only else {"off": [False], "on": [True], "both": [False, True]}[a.compile]
     for compiled in compiles:
         for kind in ("plain", "template-mixing"):
             model = make_model(kind, spec)
@@ -174,8 +178,11 @@ def main() -> int:
         r["vs_plain"] = r["images_per_s"] / plain["images_per_s"]
 
     # Loaders: CIFAR-shaped synthetic set with CIFAR augmentation (crop 4, flip, cutout 16).
-    cfg = data_config("synthetic", options={"shape": "3x32x32", "classes": 10, "train_size": a.loader_samples,
-                                            "test_size": 16, "crop_padding": 4, "flip": True, "cutout": 16})
+    if a.data == "synthetic":
+        cfg = data_config("synthetic", options={"shape": "3x32x32", "classes": 10, "train_size": a.loader_samples,
+                                                "test_size": 16, "crop_padding": 4, "flip": True, "cutout": 16})
+    else:
+        cfg = data_config(a.data)
     norm = normaliser(cfg, channels_last)
     loader_rows = []
     for path in ("device", "dataloader"):
@@ -189,6 +196,9 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         data_ips = n * a.batch_size / (time.perf_counter() - t0)
+        if a.loaders_only:
+            loader_rows.append({"loader": path, "data_images_per_s": data_ips, "train_images_per_s": float("nan")})
+            continue
         model = make_model("template-mixing", spec).to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
@@ -217,11 +227,12 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"\n{spec.describe()} at 32x32, batch {a.batch_size}, {'bf16 autocast, channels_last' if bf16 else 'fp32'}"
           f", {name}, torch {torch.__version__}, peak {peak or 'unknown'} TFLOP/s")
-    print(f"{'model':<26}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}{'vs plain':>10}")
+    if rows:
+        print(f"{'model':<26}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}{'vs plain':>10}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         print(f"{r['what']:<26}{r['images_per_s']:>10.0f}{r['model_tflops']:>10.1f}{mfu:>8}{r['vs_plain']:>10.3f}")
-    print(f"{'loader (TM training)':<26}{'data img/s':>12}{'train img/s':>12}")
+    print(f"{'loader (' + cfg.name + ', TM training)':<26}{'data img/s':>12}{'train img/s':>12}")
     for r in loader_rows:
         print(f"{r['loader']:<26}{r['data_images_per_s']:>12.0f}{r['train_images_per_s']:>12.0f}")
     if a.json_out:
