@@ -495,7 +495,9 @@ def fuse(
     if out is not None:
         check_output_path(out, force)
     g = _factor(len(paths), factor)
-    get_init(init)
+    get_init(init)  # refuse bad settings before reading anything
+    if noise < 0:
+        raise MgtoolError(f"--noise must be >= 0, got {noise}")
     metas = [(p, read_meta(p)) for p in paths]
     check_fusable(metas)
     meta0 = metas[0][1]
