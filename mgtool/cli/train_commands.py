@@ -27,34 +27,34 @@ BudgetOpt = Annotated[float, typer.Option(
     "--budget", help="Stop after this fraction of the schedule's training FLOPs (the learning rate "
     "follows the full schedule, cut off there).")]
 BatchOpt = Annotated[int | None, typer.Option(
-    "--batch-size", help="Global batch size (split over DDP processes). [default: 128; imagenet 256]",
+    "--batch-size", help="Global batch size (split over DDP processes). (default: 128; imagenet 256)",
     show_default=False)]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate. [default: 0.1]",
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate. (default: 0.1)",
                                                 show_default=False)]
 WdOpt = Annotated[float | None, typer.Option(
-    "--wd", help="Weight decay. [default: 5e-4; imagenet 1e-4]", show_default=False)]
-MomentumOpt = Annotated[float | None, typer.Option("--momentum", help="SGD momentum. [default: 0.9]",
+    "--wd", help="Weight decay. (default: 5e-4; imagenet 1e-4)", show_default=False)]
+MomentumOpt = Annotated[float | None, typer.Option("--momentum", help="SGD momentum. (default: 0.9)",
                                                       show_default=False)]
 NesterovOpt = Annotated[bool | None, typer.Option("--nesterov/--no-nesterov",
-                                                     help="Nesterov momentum. [default: on]",
+                                                     help="Nesterov momentum. (default: on)",
                                                      show_default=False)]
 ScheduleOpt = Annotated[str | None, typer.Option(
-    "--schedule", help="cosine, step or constant. [default: cosine; imagenet step]", show_default=False)]
+    "--schedule", help="cosine, step or constant. (default: cosine; imagenet step)", show_default=False)]
 MilestonesOpt = Annotated[str | None, typer.Option(
     "--milestones", help="Epochs where the step schedule divides the lr by 10, e.g. 30,60,80.",
     show_default=False)]
 WarmupOpt = Annotated[float | None, typer.Option(
-    "--warmup", help="Linear warm-up epochs. [default: 1, or 5% of a shorter run; imagenet 0]",
+    "--warmup", help="Linear warm-up epochs. (default: 1, or 5% of a shorter run; imagenet 0)",
     show_default=False)]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA), fp32 or bf16.")]
 ChannelsLastOpt = Annotated[bool | None, typer.Option(
-    "--channels-last/--no-channels-last", help="channels_last memory format. [default: on for CUDA]",
+    "--channels-last/--no-channels-last", help="channels_last memory format. (default: on for CUDA)",
     show_default=False)]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
 LoaderOpt = Annotated[str, typer.Option(
     "--loader", help="auto, device (whole uint8 set on the device) or dataloader (worker processes).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes. "
-                                                   "[default: min(8, CPUs)]", show_default=False)]
+                                                   "(default: min(8, CPUs))", show_default=False)]
 KeepEveryOpt = Annotated[int, typer.Option(
     "--keep-every", help="Also keep OUT-stem.epochNNN.safetensors every N epochs (0: never).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")]
@@ -68,16 +68,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 ArchOpt = Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")]
 WidthOpt = Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")]
 FamilyOpt = Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")]
-ClassesOpt = Annotated[int | None, typer.Option(help="Classes. [default: the data set's]", show_default=False)]
-InChansOpt = Annotated[int | None, typer.Option(help="Input channels. [default: the data set's]", show_default=False)]
-TemplatesOpt = Annotated[int | None, typer.Option(help="Templates per layer (t). [default: 2]", show_default=False)]
-ShareOpt = Annotated[str | None, typer.Option(help="Bank sharing: pairs or none. [default: pairs]", show_default=False)]
+ClassesOpt = Annotated[int | None, typer.Option(help="Classes. (default: the data set's)", show_default=False)]
+InChansOpt = Annotated[int | None, typer.Option(help="Input channels. (default: the data set's)", show_default=False)]
+TemplatesOpt = Annotated[int | None, typer.Option(help="Templates per layer (t). (default: 2)", show_default=False)]
+ShareOpt = Annotated[str | None, typer.Option(help="Bank sharing: pairs or none. (default: pairs)", show_default=False)]
 LikeOpt = Annotated[Path | None, typer.Option(
     help="Copy net 1's architecture, template plan and data settings (seeded independently).", show_default=False)]
 InitFromOpt = Annotated[Path | None, typer.Option(
     help="Continue training this small template-mixing checkpoint.", show_default=False)]
 SmallSeedOpt = Annotated[int | None, typer.Option(
-    help="Seed of init, data order and augmentation. [default: 0; with --like: net 1's + 1]", show_default=False)]
+    help="Seed of init, data order and augmentation. (default: 0; with --like: net 1's + 1)", show_default=False)]
 
 
 def _milestones(text: str | None) -> tuple[float, ...] | None:
