@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from mgtool.archs import input_size
+from mgtool.checkpoint import CheckpointMeta
+from mgtool.errors import MgtoolError
 from mgtool.flops import forward_flops
 from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
@@ -51,10 +53,23 @@ def checkpoint_info(path: Path | str, *, count_flops: bool = True) -> dict[str, 
             ],
         }
     if count_flops:
-        h, w = input_size(meta.arch)
-        info["flops"]["forward_per_sample"] = forward_flops(model, (meta.arch.in_chans, h, w))
-        info["flops"]["input_size"] = [meta.arch.in_chans, h, w]
+        shape = _input_shape(meta)
+        info["flops"]["forward_per_sample"] = forward_flops(model, shape)
+        info["flops"]["input_size"] = list(shape)
     return info
+
+
+def _input_shape(meta: CheckpointMeta) -> tuple[int, int, int]:
+    """The training resolution when the checkpoint records its data set, else the family's default."""
+    if meta.data:
+        from mgtool.data import DataConfig, dataset_info
+
+        try:
+            return tuple(dataset_info(DataConfig.from_meta(meta.data)).shape)
+        except MgtoolError:
+            pass  # e.g. an image folder that is not on this machine
+    h, w = input_size(meta.arch)
+    return (meta.arch.in_chans, h, w)
 
 
 def _prod(shape: tuple[int, ...]) -> int:

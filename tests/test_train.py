@@ -309,3 +309,28 @@ def test_train_small_on_an_image_folder_uses_the_dataloader_path(tmp_path):
     meta = read_meta(out)
     assert meta.arch.num_classes == 2 and meta.data["options"]["image_size"] == 16
     assert meta.training["samples_seen"] == 16 and json.loads(r.stdout)["test_top1"] is not None
+
+
+def test_info_counts_flops_at_the_training_resolution(tmp_path):
+    out = tmp_path / "mlp.safetensors"
+    r = invoke("train-small", "--arch", "tiny-cnn", "--width", "1", "--in-chans", "1", "--data", "synthetic",
+               "--data-opt", "shape=1x12x12", "--data-opt", "train_size=32", "--data-opt", "test_size=16",
+               "--epochs", "0", "--quiet", "-o", out)
+    assert r.exit_code == 0, r.output
+    info = json.loads(invoke("info", out, "--json").stdout)
+    assert info["flops"]["input_size"] == [1, 12, 12]
+
+
+def test_train_small_with_zero_epochs_writes_the_untrained_net(net1, tmp_path):
+    out = tmp_path / "net2.safetensors"
+    r = invoke("train-small", "--like", net1, "--epochs", "0", "--quiet", "--json", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["training_flops"] == 0.0
+    meta = read_meta(out)
+    assert meta.flops.training == 0.0 and meta.training["epochs_done"] == 0
+    spec, plan = read_meta(net1).arch, read_meta(net1).plan
+    fresh = fresh_template_mixing(spec, templates=plan.templates_per_layer, share=plan.share,
+                                  seed=meta.training["recipe"]["seed"])
+    saved = load_file(str(out))
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(saved[key], value), key

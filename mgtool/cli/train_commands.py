@@ -22,7 +22,9 @@ from mgtool.cli.data_options import (
 
 OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output .safetensors file.", show_default=False)]
 SrcArg = Annotated[Path, typer.Argument(help="Input mgtool checkpoint.", show_default=False)]
-EpochsOpt = Annotated[int, typer.Option("--epochs", help="Epochs of the schedule.", show_default=False)]
+EpochsOpt = Annotated[int, typer.Option(
+    "--epochs", help="Epochs of the schedule (train-small: 0 writes the fresh, untrained net).",
+    show_default=False)]
 BudgetOpt = Annotated[float, typer.Option(
     "--budget", help="Stop after this fraction of the schedule's training FLOPs (the learning rate "
     "follows the full schedule, cut off there).")]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from mgtool.archs import ArchSpec, resolve_spec
-from mgtool.checkpoint import CheckpointMeta, Flops, read_meta
+from mgtool.checkpoint import CheckpointMeta, Flops, check_output_path, read_meta, save_checkpoint
 from mgtool.convert import fresh_template_mixing
 from mgtool.data import DataConfig, dataset_info, resolve_config
 from mgtool.errors import MgtoolError
 from mgtool.loading import load_checkpoint
-from mgtool.provenance import Parent, sha256_file
+from mgtool.model import TemplateMixingNet
+from mgtool.provenance import Parent, new_provenance, sha256_file
 from mgtool.train.distributed import resolve_device
 from mgtool.train.engine import (
     FitResult,
@@ -97,7 +99,32 @@ def train_small(out: Path | str, data: DataConfig, train: TrainConfig, runtime: 
         raise MgtoolError(f"{like}: its template plan differs from the one mgtool makes for "
                           f"{spec.describe()} (t={templates}, share={share}); it cannot be matched")
     lineage = Lineage("train-small", "template-mixing", spec, model.plan, (), Flops(), extra)
+    if train.epochs == 0:
+        return save_untrained(model, lineage, data, train, runtime, out, force=force)
     return fit(model, lineage, data, train, runtime, out, resume=resume, force=force)
+
+
+def save_untrained(model: TemplateMixingNet, lineage: Lineage, data: DataConfig, train: TrainConfig,
+                   runtime: Runtime, out: Path | str, *, force: bool = False) -> FitResult:
+    """``train-small --epochs 0``: the fresh net, evaluated and written; no step, no FLOPs.
+
+    Fusing net 1 with this is the paper's "second network trained for 0 FLOPs".
+    """
+    started = time.perf_counter()
+    out = check_output_path(out, force)
+    info = dataset_info(data)
+    check_model_fits(model, lineage, data, info.shape, info.num_classes)
+    result = evaluate(model, data, batch_size=runtime.eval_batch_size, device=resolve_device(runtime.device))
+    metrics = {"test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5}
+    summary = {"command": lineage.command, "epochs": 0, "epochs_done": 0, "complete": True,
+               "stopped_by_budget": False, "steps": 0, "samples_seen": 0, "flops_spent": 0.0,
+               "recipe": train.to_dict(), **metrics, **lineage.extra}
+    meta = CheckpointMeta(kind=lineage.kind, arch=lineage.arch, plan=lineage.plan,
+                          provenance=new_provenance(lineage.parents), flops=lineage.inherited,
+                          data=data.to_dict(), training=summary)
+    save_checkpoint(out, model.state_dict(), meta, force=force)
+    history = [{"epoch": 0, **metrics, "samples_seen": 0, "training_flops": lineage.inherited.training}]
+    return FitResult(out, meta, history, time.perf_counter() - started)
 
 
 def finetune(src: Path | str, out: Path | str, data: DataConfig, train: TrainConfig, runtime: Runtime,
