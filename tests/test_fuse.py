@@ -27,6 +27,13 @@ from .conftest import TINY_SPECS, randomised_plain
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    """`mgtool --debug` (used by another test file) sets MGTOOL_DEBUG for the whole process;
+    errors here must be the one-line kind."""
+    monkeypatch.delenv("MGTOOL_DEBUG", raising=False)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the
