@@ -527,6 +527,11 @@ def test_chain_convert_like_fuse_and_grow_finetune(plain_ckpts, tmp_path):
     _ok(["train-small", "--like", str(net1), *SYNTHETIC, *QUICK, "-o", str(net2)])
     _ok(["fuse", str(net1), str(net2), "--init", "zero", "--verify", "-o", str(grown)])
     assert read_meta(grown).data is not None  # from net 2: a converted net records no data set
+    # Fusing with an untrained second net: train-small --epochs 0, then fuse (0 FLOPs charged for net 2).
+    untrained, grown0 = tmp_path / "net2.untrained.safetensors", tmp_path / "grown0.safetensors"
+    _ok(["train-small", "--like", str(net2), "--epochs", "0", "--device", "cpu", "-q", "-o", str(untrained)])
+    _ok(["fuse", str(net2), str(untrained), "--verify", "-o", str(grown0)])
+    assert read_meta(grown0).flops == Flops(read_meta(net2).flops.training, read_meta(net2).flops.training)
     # The baselines' outputs are plain checkpoints that finetune trains.
     small_plain, wide = tmp_path / "net1.plain.safetensors", tmp_path / "wide.safetensors"
     _ok(["export", str(net1), "-o", str(small_plain)])
