@@ -519,14 +519,18 @@ def test_chain_train_small_like_fuse_finetune_export_eval(tmp_path):
     assert report["samples"] == 32 and 0.0 <= report["top1"] <= 1.0
 
 
-def test_chain_convert_like_fuse_and_grow_finetune(plain_ckpts, tmp_path):
-    _needs("train-small", "finetune")
+def test_chain_convert_like_fuse_finetune_export_eval_and_grow(plain_ckpts, tmp_path):
+    _needs("train-small", "finetune", "eval")
     net1, net2, grown = tmp_path / "net1.safetensors", tmp_path / "net2.safetensors", tmp_path / "grown.safetensors"
     spec = TINY_SPECS["tiny-cnn"]
     _ok(["convert", str(plain_ckpts["tiny-cnn"]), "--arch", "tiny-cnn", "--width", str(spec.width), "-o", str(net1)])
     _ok(["train-small", "--like", str(net1), *SYNTHETIC, *QUICK, "-o", str(net2)])
-    _ok(["fuse", str(net1), str(net2), "--init", "zero", "--verify", "-o", str(grown)])
+    _ok(["fuse", str(net1), str(net2), "--init", "orthogonal", "--verify", "-o", str(grown)])
     assert read_meta(grown).data is not None  # from net 2: a converted net records no data set
+    ft, exported = tmp_path / "grown.ft.safetensors", tmp_path / "grown.ft.plain.safetensors"
+    _ok(["finetune", str(grown), *QUICK, "-o", str(ft)])
+    _ok(["export", str(ft), "-o", str(exported)])
+    assert json.loads(_ok(["eval", str(exported), "--device", "cpu", "--json"]))["samples"] == 32
     # Fusing with an untrained second net: train-small --epochs 0, then fuse (0 FLOPs charged for net 2).
     untrained, grown0 = tmp_path / "net2.untrained.safetensors", tmp_path / "grown0.safetensors"
     _ok(["train-small", "--like", str(net2), "--epochs", "0", "--device", "cpu", "-q", "-o", str(untrained)])
