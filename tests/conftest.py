@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,10 @@ def plain_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         torch.save(randomised_plain(spec).state_dict(), path)
         paths[key] = path
     return paths
+
+
+@pytest.fixture(autouse=True)
+def _no_debug_leak():
+    """``mgtool --debug`` sets MGTOOL_DEBUG for the process; keep it from leaking across tests."""
+    yield
+    os.environ.pop("MGTOOL_DEBUG", None)

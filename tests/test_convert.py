@@ -1,5 +1,7 @@
 """Exactness of convert and export on every family, and the Python API."""
 
+from dataclasses import replace
+
 import pytest
 import timm
 import torch
@@ -58,16 +60,28 @@ def test_export_of_convert_round_trips(key, plain_ckpts, tmp_path):
 
 
 @pytest.mark.parametrize("key", ["resnet18", "resnet50"])
-def test_exported_resnet_loads_strictly_into_timm(key, plain_ckpts, tmp_path):
-    tm_path, plain_path = tmp_path / "tm.safetensors", tmp_path / "plain.safetensors"
-    mgtool.convert(plain_ckpts[key], TINY_SPECS[key], out=tm_path)
+def test_exported_resnet_with_timm_stem_loads_strictly_into_timm(key, tmp_path):
+    spec = resolve_spec(replace(TINY_SPECS[key], options={"stem": "timm"}))
+    src, tm_path, plain_path = tmp_path / "src.pt", tmp_path / "tm.safetensors", tmp_path / "plain.safetensors"
+    torch.save(randomised_plain(spec).state_dict(), src)
+    mgtool.convert(src, spec, out=tm_path)
     mgtool.export(tm_path, plain_path)
-    spec = resolve_spec(TINY_SPECS[key])
     model = timm.create_model(key, **timm_kwargs(spec))
     model.load_state_dict(read_plain_weights(plain_path), strict=True)
     reference = randomised_plain(spec)
     x = torch.randn(2, 3, 64, 64)
     assert_close(model.eval()(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_scaled_stem_grows_with_the_width_and_is_timms_model_at_width_one():
+    half = build_plain(resolve_spec(replace(TINY_SPECS["resnet18"], width=0.5)))
+    assert half.conv1.out_channels == 32 and half.bn1.num_features == 32
+    for stem in ("scaled", "timm"):
+        ours = build_plain(resolve_spec(mgtool.archs.ArchSpec("resnet18", 1.0, 10, 3, {"stem": stem})))
+        theirs = timm.create_model("resnet18", num_classes=10)
+        assert {k: v.shape for k, v in ours.state_dict().items()} == {
+            k: v.shape for k, v in theirs.state_dict().items()
+        }
 
 
 def test_width_one_resnet_is_timms_own_model():

@@ -439,7 +439,7 @@ def test_bad_inputs(pair, tmp_path):
 
 
 def test_resnet_with_timms_fixed_stem_is_refused_with_the_remedy(tmp_path):
-    spec = resolve_spec(TINY_SPECS["resnet18"])
+    spec = resolve_spec(replace(TINY_SPECS["resnet18"], options={"stem": "timm"}))
     a = _variant(tmp_path, "a", spec)
     with pytest.raises(MgtoolError, match="does not grow with the width.*stem=scaled"):
         fuse([a], tmp_path / "out.safetensors")

@@ -4,10 +4,11 @@ Every stage's channel count is the timm default times ``width``; the bottleneck 
 is kept. Key names are timm's (and torchvision's, which match).
 
 timm's plain 7x7 stem is 64 channels at every width (its ``stem_width`` only acts on
-deep stems). Option ``stem``: ``timm`` (default) keeps that, so a plain file loads into
-``timm.create_model(name, **timm_kwargs(spec))``; ``scaled`` makes the stem
-``64 * width`` channels, so that growing by g grows every hidden layer (what ``fuse``
-needs). At width 1.0 both are timm's own model.
+deep stems). Option ``stem``: ``scaled`` (default) makes the stem ``64 * width`` channels,
+so that growing by g grows every hidden layer, stem included (what ``fuse`` needs);
+``timm`` keeps timm's stem, so that a plain file loads into
+``timm.create_model(name, **timm_kwargs(spec))`` at any width. At width 1.0 both are
+timm's own model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _BASE_CHANNELS = (64, 128, 256, 512)
 
 
 def timm_kwargs(spec: ArchSpec) -> dict:
-    """The keyword arguments that make ``timm.create_model(spec.name, **kw)`` this model."""
+    """The keyword arguments that make ``timm.create_model(spec.name, **kw)`` this model
+    (with ``stem=timm``, or at width 1.0)."""
     channels = tuple(scaled(c, spec.width, f"{spec.name} stage") for c in _BASE_CHANNELS)
     return {
         "channels": channels,
@@ -39,7 +41,7 @@ STEM_MODES = ("timm", "scaled")
 def _build(spec: ArchSpec) -> nn.Module:
     kwargs = timm_kwargs(spec)
     model = timm.create_model(spec.name, pretrained=False, **kwargs)
-    stem = str(spec.options.get("stem", "timm"))
+    stem = str(spec.options.get("stem", "scaled"))
     if stem not in STEM_MODES:
         raise MgtoolError(f"{spec.name}: option stem must be one of {STEM_MODES}, got {stem!r}")
     if stem == "scaled" and kwargs["stem_width"] != model.conv1.out_channels:
@@ -80,10 +82,10 @@ for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
         Family(
             name=_name,
             build=_build,
-            options={"stem": "timm"},
+            options={"stem": "scaled"},
             grow=_grow,
             input_size=lambda spec: (224, 224),
-            summary=f"timm {_name}; width multiplies every stage's channels (1.0 = timm's model); "
-            "stem=scaled also scales the 64-channel stem (needed by fuse)",
+            summary=f"timm {_name}; width multiplies every channel count, stem included (1.0 = timm's "
+            "model); stem=timm keeps timm's 64-channel stem at every width (cannot be fused)",
         )
     )
