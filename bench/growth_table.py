@@ -142,6 +142,7 @@ class Bench:
         self.epoch_samples = samples_per_epoch(n, setting.batch_size)
         self._reference: float | None = None
         self.lookup_only = False  # True: report what is cached, train nothing
+        self.reverse = False  # a second worker takes the units in reverse order
 
     # ------------------------------------------------------------------ caching
 
@@ -314,26 +315,32 @@ class Bench:
 
     # ------------------------------------------------------------------ tables
 
+    def _in_order(self, units: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+        """Run the units (reversed for a ``--reverse`` worker, so two workers meet in the middle)."""
+        names = list(units)
+        done = {name: units[name]() for name in (names[::-1] if self.reverse else names)}
+        return {name: done[name] for name in names}
+
     def table1(self, seed: int) -> dict[str, dict[str, Any]]:
-        net1 = self.net1(seed)
-        return {
-            "Large": self.large(seed),
-            "Large Match": self.large_match(seed),
-            "Small": net1,
-            "Small Match": self.small_match(seed),
-            "Random": self.baseline(seed, "random"),
-            "Net2Net": self.baseline(seed, "net2net"),
-            "MixtureGrowth w/o fusion": self.mixturegrowth(seed, point=None),
-            "MixtureGrowth (orthogonal)": self.mixturegrowth(seed),
-        }
+        return self._in_order({
+            "Large": lambda: self.large(seed),
+            "Large Match": lambda: self.large_match(seed),
+            "Small": lambda: self.net1(seed),
+            "Small Match": lambda: self.small_match(seed),
+            "Random": lambda: self.baseline(seed, "random"),
+            "Net2Net": lambda: self.baseline(seed, "net2net"),
+            "MixtureGrowth w/o fusion": lambda: self.mixturegrowth(seed, point=None),
+            "MixtureGrowth (orthogonal)": lambda: self.mixturegrowth(seed),
+        })
 
     def table4(self, seed: int) -> dict[str, dict[str, Any]]:
-        return {init: self.mixturegrowth(seed, init=init) for init in TABLE4}
+        return self._in_order({init: (lambda init=init: self.mixturegrowth(seed, init=init)) for init in TABLE4})
 
     def table2(self, seed: int) -> dict[str, dict[str, Any]]:
-        rows = {"0.0 (w/o fusion)": self.mixturegrowth(seed, point=None)}
-        rows.update({f"{p:.1f}": self.mixturegrowth(seed, point=p) for p in GROWTH_POINTS})
-        return rows
+        units: dict[str, Callable[[], dict[str, Any]]] = {
+            "0.0 (w/o fusion)": lambda: self.mixturegrowth(seed, point=None)}
+        units.update({f"{p:.1f}": (lambda p=p: self.mixturegrowth(seed, point=p)) for p in GROWTH_POINTS})
+        return self._in_order(units)
 
 
 # ---------------------------------------------------------------------- reporting
@@ -354,12 +361,12 @@ def fmt(values: list[float], pct: bool = True) -> str:
 
 def collect(bench: Bench, table: str, seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
     """Rows of a table over seeds, from the caches only (nothing trains)."""
-    bench.lookup_only = True
+    bench.lookup_only, reverse, bench.reverse = True, bench.reverse, False
     rows: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:
         for name, res in getattr(bench, table)(seed).items():
             rows.setdefault(name, []).append(res)
-    bench.lookup_only = False
+    bench.lookup_only, bench.reverse = False, reverse
     return rows
 
 
@@ -427,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="Only print the tables of what is cached.")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--reverse", action="store_true",
-                   help="Take the seeds in reverse order: run a second worker with it to use two processes.")
+                   help="Take seeds and runs in reverse order: a second worker started with it shares the work.")
     p.add_argument("--train-size", type=int, default=10000, help="Training subset (0: all 60,000).")
     p.add_argument("--eval-size", type=int, default=1000, help="Test subset for the per-epoch curves.")
     p.add_argument("--test-size", type=int, default=0, help="Test images for the reported accuracy (0: all).")
@@ -446,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     setting = Setting(args.train_size, args.eval_size, args.test_size, args.epochs, args.budget, args.depth,
                       args.small_width, args.batch_size, args.lr, args.data_dir, args.device)
     bench = Bench(setting, args.out)
+    bench.reverse = args.reverse
     parts = args.only or ["table1", "table4", "table2"]
     seeds = list(range(args.seeds))
     order = seeds[::-1] if args.reverse else seeds
