@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ from mgtool.subset import write_idx_subset  # noqa: E402
 from mgtool.train import Runtime, evaluate_checkpoint, finetune, train_config, train_small  # noqa: E402
 from mgtool.train.paths import run_paths  # noqa: E402
 
+REFERENCE_BUDGET = 0.45  # net 1, net 2 and Large do not depend on the budget: always keyed at this one
+BUDGET_FREE = ("net1", "net2", "large")
 GROWTH_POINTS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TABLE1 = ("Large", "Large Match", "Small", "Small Match", "Random", "Net2Net",
           "MixtureGrowth w/o fusion", "MixtureGrowth (orthogonal)")
@@ -147,7 +149,10 @@ class Bench:
     # ------------------------------------------------------------------ caching
 
     def cached(self, name: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        full = {"name": name, "setting": self.s.key(), **config}
+        setting = self.s.key()
+        if name in BUDGET_FREE:
+            setting["budget"] = REFERENCE_BUDGET
+        full = {"name": name, "setting": setting, **config}
         digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:10]
         stem = f"{name}-{digest}"
         record = self.out / "cache" / f"{stem}.json"
@@ -388,7 +393,8 @@ def markdown(title: str, rows: dict[str, list[dict[str, Any]]], extra: str | Non
     return "\n".join(lines)
 
 
-def plot(rows: dict[str, list[dict[str, Any]]], path: Path, reference: float) -> bool:
+def plot(by_budget: dict[float, dict[str, list[dict[str, Any]]]], path: Path) -> bool:
+    """Fig. 3a analogue: each method's final accuracy (mean ± std over seeds) at each budget."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -399,26 +405,33 @@ def plot(rows: dict[str, list[dict[str, Any]]], path: Path, reference: float) ->
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     markers = "osD^v<>ph*"
-    for i, (name, results) in enumerate(rows.items()):
-        ok = [r for r in results if not r.get("missing")]
-        if not ok:
+    methods = list(next(iter(by_budget.values())))
+    for i, name in enumerate(methods):
+        xs, ys, es, n = [], [], [], 0
+        for rows in by_budget.values():
+            ok = [r for r in rows.get(name, []) if not r.get("missing")]
+            if not ok:
+                continue
+            x = statistics.fmean(r["flops_norm"] for r in ok)
+            if any(abs(x - x0) < 1e-3 for x0 in xs):  # Large and Small are the same at every budget
+                continue
+            m, sd = mean_std([100 * r["top1"] for r in ok])
+            xs.append(x)
+            ys.append(m)
+            es.append(sd)
+            n = max(n, len(ok))
+        if not xs:
             continue
-        x = statistics.fmean(r["flops_norm"] for r in ok)
-        m, s = mean_std([100 * r["top1"] for r in ok])
-        color = f"C{i % 10}"
-        ax.errorbar([x], [m], yerr=[s], fmt=markers[i % len(markers)], color=color, capsize=3,
-                    label=f"{name} ({len(ok)} seeds)")
-        curve = ok[0].get("curve") or []
-        if curve:  # seed 0's per-epoch accuracy on the eval subset, against FLOPs charged so far
-            xs = [(c[0] - ok[0].get("given", 0.0)) / reference for c in curve]
-            ax.plot(xs, [100 * c[1] for c in curve], color=color, lw=0.7, alpha=0.45)
-    large = [r for r in rows.get("Large", []) if not r.get("missing")]
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        ax.errorbar([xs[k] for k in order], [ys[k] for k in order], yerr=[es[k] for k in order],
+                    fmt=markers[i % len(markers)] + "-", color=f"C{i % 10}", capsize=3, lw=1, ms=5,
+                    label=f"{name} ({n} seeds)")
+    large = [r for rows in by_budget.values() for r in rows.get("Large", []) if not r.get("missing")]
     if large:
-        ax.axhline(100 * statistics.fmean(r["top1"] for r in large), ls="--", color="gray", lw=0.8)
-    ax.set_xlabel("training FLOPs Norm (net 1 given; 1.0X = Large, full schedule)")
-    ax.set_ylabel("top-1 accuracy on the Fashion-MNIST test set (%)")
-    ax.set_title("Accuracy vs training FLOPs (paper Fig. 3a analogue)\n"
-                 "markers: final, full test set, mean ± std; lines: seed 0 per epoch, eval subset", fontsize=9)
+        ax.axhline(statistics.fmean(100 * r["top1"] for r in large), ls="--", color="gray", lw=0.8)
+    ax.set_xlabel("training FLOPs Norm (net 1 given; 1.0X = Large trained from scratch, full schedule)")
+    ax.set_ylabel("top-1 on the Fashion-MNIST test set (%)")
+    ax.set_title("Accuracy vs training FLOPs (paper Fig. 3a analogue); mean ± std over seeds", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -426,11 +439,27 @@ def plot(rows: dict[str, list[dict[str, Any]]], path: Path, reference: float) ->
     return True
 
 
+def sweep_markdown(by_budget: dict[float, dict[str, list[dict[str, Any]]]]) -> str:
+    budgets = sorted(by_budget)
+    lines = ["| Method | " + " | ".join(f"budget {b:g}X" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for name in by_budget[budgets[0]]:
+        cells = []
+        for b in budgets:
+            ok = [r for r in by_budget[b].get(name, []) if not r.get("missing")]
+            cells.append(f"{fmt([r['top1'] for r in ok])} ({len(ok)}; "
+                         f"{statistics.fmean(r['flops_norm'] for r in ok):.2f}X)" if ok else "not run")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "growth_table")
-    p.add_argument("--only", choices=("table1", "table2", "table4"), action="append",
-                   help="Run only this part (repeatable). Default: all three.")
+    p.add_argument("--only", choices=("table1", "table2", "table4", "sweep"), action="append",
+                   help="Run only this part (repeatable). Default: all four.")
+    p.add_argument("--sweep-budgets", default="0.3,0.6",
+                   help="Further budgets for the Table 1 methods (the 'sweep' part; Fig. 3a).")
     p.add_argument("--report", action="store_true", help="Only print the tables of what is cached.")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--reverse", action="store_true",
@@ -454,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                       args.small_width, args.batch_size, args.lr, args.data_dir, args.device)
     bench = Bench(setting, args.out)
     bench.reverse = args.reverse
-    parts = args.only or ["table1", "table4", "table2"]
+    parts = args.only or ["table1", "table4", "table2", "sweep"]
     seeds = list(range(args.seeds))
     order = seeds[::-1] if args.reverse else seeds
     t0 = time.perf_counter()
@@ -477,8 +506,19 @@ def main(argv: list[str] | None = None) -> int:
         title = {"table1": "Method", "table4": "Coefficient init", "table2": "Net 2 training (growth point)"}[part]
         text = markdown(title, rows, extra="top-1 at growth" if part != "table1" else None)
         texts.append(f"### {part}\n\n{text}\n")
-        if part == "table1":
-            plot(rows, args.out / "fig3a.png", bench.reference())
+    by_budget = {setting.budget: collect(bench, "table1", seeds)}
+    for budget in (float(b) for b in args.sweep_budgets.split(",") if b.strip()):
+        other = Bench(replace(setting, budget=budget), args.out)
+        other.reverse = args.reverse
+        if "sweep" in parts and not args.report:
+            for seed in order:
+                log(f"sweep (budget {budget:g}X): seed {seed}")
+                other.table1(seed)
+        by_budget[budget] = collect(other, "table1", seeds)
+    report["tables"]["sweep"] = {f"{b:g}": {k: [{kk: vv for kk, vv in r.items() if kk != "curve"} for r in v]
+                                            for k, v in rows.items()} for b, rows in by_budget.items()}
+    texts.append(f"### sweep (Table 1 methods at several budgets)\n\n{sweep_markdown(by_budget)}\n")
+    plot(by_budget, args.out / "fig3a.png")
     wall = time.perf_counter() - t0
     report["wall_s"] = wall
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
