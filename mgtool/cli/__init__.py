@@ -10,6 +10,7 @@ from mgtool.cli import core_commands
 from mgtool.cli import train_commands  # noqa: I001
 from mgtool.cli import grow_commands  # noqa: I001
 from mgtool.cli import analysis_commands  # noqa: I001
+from mgtool.cli import run_commands  # noqa: I001
 
 app = typer.Typer(
     name="mgtool",
@@ -33,7 +34,7 @@ core_commands.register(app)
 grow_commands.register(app)
 train_commands.register(app)
 analysis_commands.register(app)
-from mgtool.cli import run_commands; run_commands.register(app)  # noqa: E402, E702
+run_commands.register(app)
 
 
 def main() -> int:
