@@ -6,11 +6,13 @@ import os
 
 import typer
 
-from mgtool.cli import core_commands
-from mgtool.cli import train_commands  # noqa: I001
-from mgtool.cli import grow_commands  # noqa: I001
-from mgtool.cli import analysis_commands  # noqa: I001
-from mgtool.cli import run_commands  # noqa: I001
+from mgtool.cli import (
+    analysis_commands,  # noqa: I001
+    core_commands,
+    grow_commands,  # noqa: I001
+    run_commands,  # noqa: I001
+    train_commands,  # noqa: I001
+)
 
 app = typer.Typer(
     name="mgtool",
