@@ -6,13 +6,7 @@ import os
 
 import typer
 
-from mgtool.cli import (
-    analysis_commands,  # noqa: I001
-    core_commands,
-    grow_commands,  # noqa: I001
-    run_commands,  # noqa: I001
-    train_commands,  # noqa: I001
-)
+from mgtool.cli import analysis_commands, core_commands, grow_commands, run_commands, train_commands
 
 app = typer.Typer(
     name="mgtool",
