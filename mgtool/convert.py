@@ -43,9 +43,7 @@ class ConvertResult:
     def to_dict(self) -> dict:
         return {
             "output": str(self.path) if self.path else None,
-            "max_abs_logit_diff": self.max_abs_logit_diff,
-            "logit_scale": self.logit_scale,
-            "relative_logit_diff": self.max_abs_logit_diff / self.logit_scale,
+            **logit_check(self.max_abs_logit_diff, self.logit_scale),
             "max_abs_weight_diff": self.max_abs_weight_diff,
             "arch": self.meta.arch.to_dict(),
             "banks": len(self.meta.plan.banks) if self.meta.plan else 0,
@@ -80,6 +78,12 @@ def fresh_template_mixing(spec: ArchSpec, *, templates: int = 2, share: str = "p
     """A new template-mixing net whose generated weights are the family's own init."""
     torch.manual_seed(seed)
     return to_template_mixing(build_plain(spec), templates=templates, share=share, seed=seed)
+
+
+def logit_check(max_abs_diff: float, scale: float) -> dict[str, float]:
+    """How a logit comparison is reported in --json output (convert, fuse --verify, grow)."""
+    return {"max_abs_logit_diff": max_abs_diff, "logit_scale": scale,
+            "relative_logit_diff": max_abs_diff / scale}
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from mgtool.checkpoint import (
     read_meta,
 )
 from mgtool.coef_init import CoefInit, get_init
-from mgtool.convert import logit_difference
+from mgtool.convert import logit_check, logit_difference
 from mgtool.errors import MgtoolError
 from mgtool.model import TemplateMixingNet
 from mgtool.plan import LayerPlan, TemplatePlan, mixable_layers
@@ -369,11 +369,7 @@ class FuseResult:
             "flops": self.meta.flops.to_dict(),
         }
         if self.max_abs_logit_diff is not None and self.logit_scale is not None:
-            out["verify"] = {
-                "max_abs_logit_diff": self.max_abs_logit_diff,
-                "logit_scale": self.logit_scale,
-                "relative_logit_diff": self.max_abs_logit_diff / self.logit_scale,
-            }
+            out["verify"] = logit_check(self.max_abs_logit_diff, self.logit_scale)
         return out
 
 

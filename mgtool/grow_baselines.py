@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.channel_spaces import ChannelSpaces, channel_spaces, space_sizes
 from mgtool.checkpoint import CheckpointMeta, check_output_path, read_meta, save_checkpoint
-from mgtool.convert import logit_difference
+from mgtool.convert import logit_check, logit_difference
 from mgtool.errors import MgtoolError
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import Parent, new_provenance, sha256_file
@@ -168,11 +168,7 @@ class GrowResult:
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
         if self.max_abs_logit_diff is not None and self.logit_scale is not None:
-            out["verify"] = {
-                "max_abs_logit_diff": self.max_abs_logit_diff,
-                "logit_scale": self.logit_scale,
-                "relative_logit_diff": self.max_abs_logit_diff / self.logit_scale,
-            }
+            out["verify"] = logit_check(self.max_abs_logit_diff, self.logit_scale)
         return out
 
 

@@ -49,6 +49,16 @@ def plain_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny test models gain nothing from intra-op threads, and on a busy 2-core machine the
+    hand-offs between threads cost far more than the arithmetic; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _no_debug_leak():
     """``mgtool --debug`` sets MGTOOL_DEBUG for the process; keep it from leaking across tests."""

@@ -27,21 +27,6 @@ from .conftest import TINY_SPECS, randomised_plain
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    """`mgtool --debug` (used by another test file) sets MGTOOL_DEBUG for the whole process;
-    errors here must be the one-line kind."""
-    monkeypatch.delenv("MGTOOL_DEBUG", raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the
-    thread hand-offs cost 100x the arithmetic; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _fusable(spec: ArchSpec) -> ArchSpec:

@@ -31,20 +31,6 @@ SPECS["resnet50-scaled-stem"] = resolve_spec(replace(TINY_SPECS["resnet50"], opt
 SPECS["resnet18-scaled-stem"] = resolve_spec(replace(TINY_SPECS["resnet18"], options={"stem": "scaled"}))
 
 
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    """`mgtool --debug` (used by another test file) sets MGTOOL_DEBUG for the whole process;
-    errors here must be the one-line kind."""
-    monkeypatch.delenv("MGTOOL_DEBUG", raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _batch(spec: ArchSpec, n: int = 4) -> torch.Tensor:

@@ -28,14 +28,6 @@ DATA = ["--data", "synthetic", "--data-opt", "shape=3x16x16", "--data-opt", "tra
 TINY = ["--arch", "tiny-cnn", "--width", "1", *DATA, "--batch-size", "16", "--warmup", "0", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads on a shared two-core machine are many times slower for these tiny nets.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
