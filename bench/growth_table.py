@@ -42,10 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mgtool.archs import ArchSpec, grow_spec, resolve_spec  # noqa: E402
-from mgtool.budget import epochs_for_flops, per_sample, samples_per_epoch  # noqa: E402
+from mgtool.budget import epochs_for_flops, samples_per_epoch  # noqa: E402
 from mgtool.checkpoint import read_meta  # noqa: E402
 from mgtool.data import data_config  # noqa: E402
 from mgtool.export import export  # noqa: E402
+from mgtool.flops import flops_per_training_sample  # noqa: E402
 from mgtool.fuse import fuse  # noqa: E402
 from mgtool.grow_baselines import grow  # noqa: E402
 from mgtool.loading import load_checkpoint  # noqa: E402
@@ -206,7 +207,7 @@ class Bench:
 
     def _per_sample(self, path: Path) -> float:
         model, _ = load_checkpoint(path)
-        return per_sample(model, (1, 28, 28), self.s.batch_size)
+        return flops_per_training_sample(model, (1, 28, 28), self.s.batch_size)
 
     # ------------------------------------------------------------------ runs
 
@@ -228,7 +229,8 @@ class Bench:
 
             with torch.device("cpu"):
                 model = build_plain(self.large_spec)
-            self._reference = per_sample(model, (1, 28, 28), self.s.batch_size) * self.epoch_samples * self.s.epochs
+            per_sample = flops_per_training_sample(model, (1, 28, 28), self.s.batch_size)
+            self._reference = per_sample * self.epoch_samples * self.s.epochs
         return self._reference
 
     def target(self) -> float:

@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
-
 from mgtool.errors import MgtoolError
-from mgtool.train.engine import flops_per_training_sample
 
 
 def samples_per_epoch(train_size: int, batch_size: int) -> int:
     """What the engine charges per epoch: whole batches only (the tail is dropped)."""
     return (train_size // batch_size) * batch_size
-
-
-def per_sample(model: nn.Module, shape: tuple[int, int, int], batch_size: int) -> float:
-    """Training FLOPs per sample exactly as the engine counts them (fvcore, 3x forward)."""
-    return flops_per_training_sample(model, shape, batch_size)
 
 
 def epochs_for_flops(target: float, flops_per_sample: float, epoch_samples: int) -> tuple[int, float]:

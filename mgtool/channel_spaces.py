@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, first_line
 
 _PASS_MODULES = (
     nn.ReLU,
@@ -117,8 +117,7 @@ def channel_spaces(model: nn.Module, name: str = "model") -> ChannelSpaces:
         graph = fx.symbolic_trace(model).graph
     except Exception as e:
         raise MgtoolError(
-            f"{name}: cannot trace the model with torch.fx ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})"
+            f"{name}: cannot trace the model with torch.fx ({type(e).__name__}: {first_line(e)})"
         ) from None
     modules = dict(model.named_modules())
     sets = _UnionFind()

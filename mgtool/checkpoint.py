@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mgtool.archs import ArchSpec, resolve_spec
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, first_line
 from mgtool.plan import TemplatePlan
 from mgtool.provenance import Provenance
 
@@ -140,7 +140,7 @@ def read_raw_metadata(path: Path) -> dict[str, str] | None:
             return f.metadata()
     except Exception as e:  # safetensors raises its own error types for every header problem
         raise MgtoolError(
-            f"{path}: not a readable safetensors file ({_first_line(e)}); "
+            f"{path}: not a readable safetensors file ({first_line(e)}); "
             "is it truncated, or a different format?"
         ) from None
 
@@ -162,7 +162,7 @@ def read_tensors(path: Path | str) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:
-        raise MgtoolError(f"{path}: cannot read tensors ({_first_line(e)}); is the file truncated?") from None
+        raise MgtoolError(f"{path}: cannot read tensors ({first_line(e)}); is the file truncated?") from None
 
 
 def check_keys(expected: dict[str, Tensor], got: dict[str, Tensor], where: str) -> None:
@@ -188,11 +188,6 @@ def check_keys(expected: dict[str, Tensor], got: dict[str, Tensor], where: str) 
 def _few(keys: list[str], n: int = 4) -> str:
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
     return "[" + ", ".join(keys[:n]) + "]" + more
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def check_output_path(path: Path | str, force: bool) -> Path:
@@ -229,6 +224,14 @@ def _umask() -> int:
 def save_checkpoint(path: Path | str, tensors: dict[str, Tensor], meta: CheckpointMeta, *, force: bool) -> Path:
     """Write tensors and metadata atomically; never overwrites without ``force``."""
     path = check_output_path(path, force)
-    clean = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    clean: dict[str, Tensor] = {}
+    storages: set[int] = set()
+    for key, value in tensors.items():
+        value = value.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if storage in storages:  # safetensors refuses tensors that share memory (tied weights)
+            value = value.clone()
+        storages.add(value.untyped_storage().data_ptr())
+        clean[key] = value
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={METADATA_KEY: meta.to_json()}))
     return path

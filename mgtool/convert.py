@@ -27,7 +27,7 @@ from mgtool.provenance import Parent, new_provenance, sha256_file
 from mgtool.weights import read_plain_weights
 
 VERIFY_BATCH = 4
-RELATIVE_TOLERANCE = 1e-5  # max |logit difference| / logit scale that convert accepts
+RELATIVE_TOLERANCE = 1e-5  # max |logit difference| / logit scale: convert, fuse --verify, net2net
 OPTIONAL_KEYS = ("num_batches_tracked",)  # older checkpoints lack them; harmless to default
 
 

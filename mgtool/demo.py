@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mgtool.data import data_config
-from mgtool.errors import MgtoolError
+from mgtool.data.sources import has_idx_files
+from mgtool.errors import MgtoolError, first_line
 from mgtool.pipeline import Summary, run_pipeline
 from mgtool.recipe import Recipe, recipe_from_dict
 
@@ -34,24 +35,18 @@ INSTALL_HINT = ("install it with `apt-get install dataset-fashion-mnist` (Debian
                 "with the four idx files, or run where torchvision can download it")
 
 
-def _has_idx(folder: Path) -> bool:
-    from mgtool.data.sources import _IDX_FILES, _idx_path  # the registry's own file rules
-
-    return folder.is_dir() and all(_idx_path(folder, stem) for files in _IDX_FILES.values() for stem in files)
-
-
 def find_fashion_mnist(data_dir: Path | str | None, *, system_dirs: tuple[Path, ...] = (DEBIAN_DIR,),
                        download: bool = True) -> Path:
     """The folder holding Fashion-MNIST's idx files, downloading it if allowed."""
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         for candidate in (folder, folder / "FashionMNIST" / "raw", folder / "fashion-mnist"):
-            if _has_idx(candidate):
+            if has_idx_files(candidate):
                 return candidate
         raise MgtoolError(f"--data-dir {folder}: no Fashion-MNIST idx files there (train-images-idx3-ubyte[.gz] "
                           f"and the other three); {INSTALL_HINT}")
     for folder in system_dirs:
-        if _has_idx(folder):
+        if has_idx_files(folder):
             return folder
     default = data_config("fashion-mnist")
     from mgtool.data import get_dataset
@@ -59,7 +54,7 @@ def find_fashion_mnist(data_dir: Path | str | None, *, system_dirs: tuple[Path, 
     dataset = get_dataset("fashion-mnist")
     local = [p for p in dataset.candidates(default) if p not in system_dirs and p != DEBIAN_DIR]  # type: ignore[attr-defined]
     for folder in local:
-        if _has_idx(folder):
+        if has_idx_files(folder):
             return folder
     looked = ", ".join(str(p) for p in (*system_dirs, *local))
     if not download:
@@ -70,11 +65,10 @@ def find_fashion_mnist(data_dir: Path | str | None, *, system_dirs: tuple[Path, 
 
         torchvision.datasets.FashionMNIST(str(root), download=True)
     except Exception as e:  # network failures come in many types
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MgtoolError(f"Fashion-MNIST not found (looked in {looked}) and the download into {root} "
-                          f"failed ({first}); {INSTALL_HINT}") from None
+                          f"failed ({first_line(e)}); {INSTALL_HINT}") from None
     for folder in local:
-        if _has_idx(folder):
+        if has_idx_files(folder):
             return folder
     raise MgtoolError(f"Fashion-MNIST: the download into {root} left no idx files; {INSTALL_HINT}")
 

@@ -7,3 +7,9 @@ class MgtoolError(Exception):
     The CLI prints it as one line on stderr and exits with code 1; any other
     exception is treated as a bug and reported as such.
     """
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's first message line (its type name if it has none), for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__

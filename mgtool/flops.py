@@ -41,3 +41,15 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: in
 
 def training_flops_per_sample(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> float:
     return TRAINING_MULTIPLIER * forward_flops(model, input_shape, batch_size)
+
+
+def flops_per_training_sample(model: nn.Module, shape: tuple[int, ...], batch_size: int) -> float:
+    """``training_flops_per_sample`` at ``batch_size``, counted at batch 1 and 2 only.
+
+    fvcore's count is ``batch * net + generation``, so two small traces give both parts
+    exactly without tracing a full batch.
+    """
+    one = training_flops_per_sample(model, shape, 1)
+    two = training_flops_per_sample(model, shape, 2)
+    generation = 2.0 * (one - two)
+    return (one - generation) + generation / batch_size

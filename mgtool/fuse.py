@@ -30,21 +30,19 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.checkpoint import (
-    METADATA_KEY,
     CheckpointMeta,
     Flops,
-    atomic_write,
     check_keys,
     check_output_path,
     read_meta,
+    save_checkpoint,
 )
 from mgtool.coef_init import CoefInit, get_init
-from mgtool.convert import logit_check, logit_difference
+from mgtool.convert import RELATIVE_TOLERANCE, logit_check, logit_difference
 from mgtool.errors import MgtoolError
 from mgtool.model import TemplateMixingNet
 from mgtool.plan import LayerPlan, TemplatePlan, mixable_layers
@@ -52,7 +50,6 @@ from mgtool.provenance import Parent, new_provenance, sha256_file
 
 HIDDEN, FIRST, CLASSIFIER = "hidden", "first", "classifier"
 CONCAT, SUM, MAX = "concat", "sum", "max"  # rules for tensors that are not banks/coefficients
-RELATIVE_TOLERANCE = 1e-5  # --verify: max |logit difference| / logit scale
 
 
 @dataclass(frozen=True)
@@ -532,17 +529,9 @@ def fuse(
         flops=flops,
         data=datas[0] if datas and all(d == datas[0] for d in datas) else None,
     )
-    path = _save(out, tensors, meta, force) if out is not None else None
+    path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None
     parameters = sum(p.numel() for p in meta_model(layout.spec, layout.plan).parameters())  # trainable
     return FuseResult(path, meta, layout, init, new, parameters, diff, scale)
-
-
-def _save(out: Path | str, tensors: dict[str, Tensor], meta: CheckpointMeta, force: bool) -> Path:
-    """``save_checkpoint`` without its defensive copy: every tensor here is fresh, contiguous
-    and ours, and skipping the copy keeps fuse's peak memory near one output file."""
-    path = check_output_path(out, force)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: meta.to_json()}))
-    return path
 
 
 def _verify(layout: FusionLayout, tensors: dict[str, Tensor], paths: Sequence[Path]) -> tuple[float, float]:

@@ -26,13 +26,12 @@ from torch import Tensor, nn
 from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.channel_spaces import ChannelSpaces, channel_spaces, space_sizes
 from mgtool.checkpoint import CheckpointMeta, check_output_path, read_meta, save_checkpoint
-from mgtool.convert import logit_check, logit_difference
+from mgtool.convert import RELATIVE_TOLERANCE, logit_check, logit_difference
 from mgtool.errors import MgtoolError
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import Parent, new_provenance, sha256_file
 
 METHODS = ("random", "net2net")
-RELATIVE_TOLERANCE = 1e-5  # net2net: max |logit difference| / logit scale before writing
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def checkpoint_info(path: Path | str, *, count_flops: bool = True) -> dict[str, 
         plan = meta.plan
         assert plan is not None
         generated = sum(
-            int(_prod(plan.weight_shape(layer))) for layer in plan.layers
+            math.prod(plan.weight_shape(layer)) for layer in plan.layers
         )
         info["parameters"].update(
             templates=model.template_parameters(),
@@ -70,10 +71,3 @@ def _input_shape(meta: CheckpointMeta) -> tuple[int, int, int]:
             pass  # e.g. an image folder that is not on this machine
     h, w = input_size(meta.arch)
     return (meta.arch.in_chans, h, w)
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

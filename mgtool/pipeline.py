@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
-from mgtool.budget import epochs_for_flops, flops_norm, per_sample, samples_per_epoch
+from mgtool.budget import epochs_for_flops, flops_norm, samples_per_epoch
 from mgtool.checkpoint import atomic_write, read_meta
 from mgtool.convert import convert
 from mgtool.data import data_config, dataset_info, split_size
 from mgtool.errors import MgtoolError
 from mgtool.export import export
+from mgtool.flops import flops_per_training_sample
 from mgtool.fuse import fuse
 from mgtool.provenance import sha256_file
 from mgtool.recipe import Recipe, TrainSection
@@ -290,7 +291,7 @@ class Pipeline:
         with torch.device("cpu"):
             model = build_plain(spec)
         info = dataset_info(self.data)
-        return per_sample(model, info.shape, batch_size)
+        return flops_per_training_sample(model, info.shape, batch_size)
 
     def small_spec(self) -> ArchSpec:
         info = dataset_info(self.data)

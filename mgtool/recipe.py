@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, first_line
 
 RECIPE_VERSION = 1
 
@@ -296,8 +296,7 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MgtoolError(f"{path}: not valid YAML ({first})") from None
+        raise MgtoolError(f"{path}: not valid YAML ({first_line(e)})") from None
     try:
         return recipe_from_dict(data, overrides)
     except MgtoolError as e:

@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 
 from mgtool.data import DataConfig, get_dataset
+from mgtool.data.sources import IDX_FILES
 from mgtool.errors import MgtoolError
 
-_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
+_FILES = {split: tuple(f"{stem}.gz" for stem in stems) for split, stems in IDX_FILES.items()}
 _MARKER = "subset.json"
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mgtool.checkpoint import read_raw_metadata, read_tensors
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, first_line
 
 NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 PREFIXES = ("module.", "_orig_mod.")
@@ -45,6 +45,15 @@ def normalise_state_dict(sd: dict[str, Any]) -> dict[str, Tensor]:
     return out
 
 
+def torch_load(path: Path, remedy: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; unreadable files get a one-line error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+        raise MgtoolError(f"{path}: cannot read with torch.load(weights_only=True) ({first_line(e)}); "
+                          f"{remedy}") from None
+
+
 def read_plain_weights(path: Path | str) -> dict[str, Tensor]:
     """A state dict from ``.safetensors`` or ``.pt``/``.pth`` (``weights_only=True``)."""
     path = Path(path)
@@ -54,14 +63,7 @@ def read_plain_weights(path: Path | str) -> dict[str, Tensor]:
     else:
         if not path.exists():
             raise MgtoolError(f"{path}: no such file")
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MgtoolError(
-                f"{path}: cannot read as a PyTorch checkpoint with weights_only=True ({first[:200]}); "
-                "is it truncated, or not a checkpoint?"
-            ) from None
+        sd = torch_load(path, "is it truncated, or not a checkpoint?")
     if not isinstance(sd, dict):
         raise MgtoolError(f"{path}: holds a {type(sd).__name__}, not a state dict")
     try:

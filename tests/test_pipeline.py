@@ -16,9 +16,10 @@ import yaml
 from typer.testing import CliRunner
 
 from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
-from mgtool.budget import per_sample, samples_per_epoch
+from mgtool.budget import samples_per_epoch
 from mgtool.checkpoint import read_meta
 from mgtool.cli import app
+from mgtool.flops import flops_per_training_sample
 from mgtool.provenance import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,12 +77,13 @@ def test_flops_norm_charges_net2_and_finetune_but_not_net1(smoke: tuple[Path, di
     with torch.device("cpu"):
         large = build_plain(grow_spec(small, 2))
     batch = recipe["finetune"]["train"]["batch_size"]
-    reference = per_sample(large, (1, 8, 8), batch) * samples_per_epoch(128, batch) * recipe["reference"]["epochs"]
+    per_sample = flops_per_training_sample(large, (1, 8, 8), batch)
+    reference = per_sample * samples_per_epoch(128, batch) * recipe["reference"]["epochs"]
     torch.testing.assert_close(summary["reference_flops"], reference, rtol=1e-9, atol=0)
     torch.testing.assert_close(rows["final"]["flops_norm"], rows["final"]["flops_charged"] / reference,
                                rtol=1e-12, atol=0)
     # Large Match spends the growth's FLOPs, to within one training step of the large net.
-    step = per_sample(large, (1, 8, 8), batch) * batch
+    step = flops_per_training_sample(large, (1, 8, 8), batch) * batch
     assert abs(rows["match"]["flops_charged"] - rows["final"]["flops_charged"]) <= step
 
 

@@ -17,9 +17,8 @@ from mgtool.cli import app
 from mgtool.convert import fresh_template_mixing
 from mgtool.data import data_config
 from mgtool.errors import MgtoolError
-from mgtool.flops import training_flops_per_sample
+from mgtool.flops import flops_per_training_sample, training_flops_per_sample
 from mgtool.train import Lineage, Runtime, TrainConfig, fit, run_paths, train_config
-from mgtool.train.engine import flops_per_training_sample
 from mgtool.train.schedule import make_schedule
 
 runner = CliRunner()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,9 @@ from mgtool.analysis.activations import (
 from mgtool.analysis.cka import MIN_BATCH, MinibatchCKA, gram, linear_cka
 from mgtool.analysis.plot import FORMATS, matplotlib_available, plot_heatmap
 from mgtool.checkpoint import CheckpointMeta, atomic_write, check_output_path, read_meta
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, first_line
 from mgtool.loading import build_model, load_checkpoint
+from mgtool.train.paths import EPOCH_FILE
 
 if TYPE_CHECKING:
     from mgtool.data import DataConfig
@@ -41,7 +41,6 @@ ESTIMATORS = {
     "full": "linear CKA, biased HSIC on all samples at once (Kornblith et al. 2019)",
 }
 FULL_MEMORY_LIMIT = 4 * 2**30  # bytes of stored activations the full estimator may hold
-EPOCH_FILE = re.compile(r"(?P<run>.+)\.epoch(?P<epoch>\d+)\.safetensors\Z")
 
 
 @dataclass(frozen=True)
@@ -301,10 +300,9 @@ def _run(tap: LayerTap, x: Tensor, where: str) -> list[Tensor]:
     try:
         return tap.run(x)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MgtoolError(
             f"{where}: the model cannot run on input of shape {tuple(x.shape[1:])} "
-            f"({first}); does the data set match the architecture?"
+            f"({first_line(e)}); does the data set match the architecture?"
         ) from None
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.exceptions import TyperException
 
 from mgtool.archs import ArchSpec
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, first_line
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,7 +39,7 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             _report("error: interrupted")
         except Exception as e:  # a bug: still one line unless --debug
-            _report(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            _report(f"error: unexpected {type(e).__name__}: {first_line(e)} "
                     "(rerun with --debug for the traceback)")
         raise typer.Exit(1)
 

@@ -34,7 +34,7 @@ def _looked(paths: list[Path]) -> str:
 
 # ---------------------------------------------------------------- idx (MNIST family)
 
-_IDX_FILES = {
+IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
@@ -64,6 +64,11 @@ def _idx_path(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def has_idx_files(folder: Path) -> bool:
+    """Whether ``folder`` holds the four idx files of an MNIST-family data set (.gz or not)."""
+    return folder.is_dir() and all(_idx_path(folder, stem) for files in IDX_FILES.values() for stem in files)
+
+
 class _IdxDataset(Dataset):
     subdirs: tuple[str, ...] = ()
     system_dirs: tuple[Path, ...] = ()
@@ -82,7 +87,7 @@ class _IdxDataset(Dataset):
     def locate(self, cfg: DataConfig) -> Path:
         looked = self.candidates(cfg)
         for folder in looked:
-            if all(_idx_path(folder, stem) for files in _IDX_FILES.values() for stem in files):
+            if has_idx_files(folder):
                 return folder
         if cfg.download:
             import torchvision
@@ -107,7 +112,7 @@ class _IdxDataset(Dataset):
 
 @lru_cache(maxsize=8)
 def _idx_arrays(folder: str, split: str) -> Arrays:
-    images_stem, labels_stem = _IDX_FILES[split]
+    images_stem, labels_stem = IDX_FILES[split]
     images_path = _idx_path(Path(folder), images_stem)
     labels_path = _idx_path(Path(folder), labels_stem)
     assert images_path is not None and labels_path is not None

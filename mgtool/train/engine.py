@@ -24,8 +24,8 @@ from mgtool.archs import ArchSpec
 from mgtool.checkpoint import CheckpointMeta, Flops, atomic_write, check_output_path, save_checkpoint
 from mgtool.data import DataConfig, dataset_info, eval_batches, normaliser, resolve_config, train_loader
 from mgtool.data.loaders import seed_for
-from mgtool.errors import MgtoolError
-from mgtool.flops import training_flops_per_sample
+from mgtool.errors import MgtoolError, first_line
+from mgtool.flops import flops_per_training_sample
 from mgtool.plan import TemplatePlan
 from mgtool.provenance import Parent, new_provenance
 from mgtool.train.distributed import DistEnv, all_reduce_sum, any_rank, barrier, init_distributed, shutdown
@@ -149,18 +149,6 @@ def resolve_precision(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
-def flops_per_training_sample(model: nn.Module, shape: tuple[int, int, int], batch_size: int) -> float:
-    """``training_flops_per_sample`` at ``batch_size``, counted at batch 1 and 2 only.
-
-    fvcore's count is ``batch * net + generation``, so two small traces give both parts
-    exactly without tracing a full batch.
-    """
-    one = training_flops_per_sample(model, shape, 1)
-    two = training_flops_per_sample(model, shape, 2)
-    generation = 2.0 * (one - two)
-    return (one - generation) + generation / batch_size
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataConfig, *, split: str = "test", limit: int | None = None,
              batch_size: int = 256, device: torch.device | str = "cpu", env: DistEnv | None = None,
@@ -250,9 +238,8 @@ def check_model_fits(model: nn.Module, lineage: Lineage, data: DataConfig,
         with torch.no_grad():
             y = model(torch.zeros(2, *shape))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise MgtoolError(f"{lineage.arch.describe()} does not accept {data.name} images of shape "
-                          f"{'x'.join(map(str, shape))} ({first})") from None
+                          f"{'x'.join(map(str, shape))} ({first_line(e, 160)})") from None
     finally:
         model.train(was_training)
     if y.ndim != 2 or y.shape[1] != classes:

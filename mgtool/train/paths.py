@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUFFIX = ".safetensors"
+EPOCH_FILE = re.compile(r"(?P<run>.+)\.epoch(?P<epoch>\d+)" + re.escape(SUFFIX) + r"\Z")  # <run>.epochNNN
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,12 @@ class RunPaths:
         return self.out.with_name(f"{self.stem}.epoch{epoch:03d}{SUFFIX}")
 
     def epoch_files(self) -> list[tuple[int, Path]]:
-        pattern = re.compile(re.escape(self.stem) + r"\.epoch(\d{3,})" + re.escape(SUFFIX) + "$")
         found = []
         if self.out.parent.is_dir():
             for p in self.out.parent.iterdir():
-                m = pattern.match(p.name)
-                if m:
-                    found.append((int(m.group(1)), p))
+                m = EPOCH_FILE.match(p.name)
+                if m and m["run"] == self.stem:
+                    found.append((int(m["epoch"]), p))
         return sorted(found)
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import torch
 
 from mgtool.checkpoint import atomic_write
 from mgtool.errors import MgtoolError
+from mgtool.weights import torch_load
 
 STATE_FORMAT = 1
 
@@ -36,12 +35,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise MgtoolError(f"{path}: cannot read the resume state ({first}); "
-                          "delete it and start over with --force") from None
+    state = torch_load(path, "the resume state is damaged: delete it and start over with --force")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise MgtoolError(f"{path}: not an mgtool resume state of format {STATE_FORMAT}")
     return state
