@@ -8,7 +8,8 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +19,12 @@ from mgtool.archs import ArchSpec
 from mgtool.errors import MgtoolError, first_line
 
 console = Console(stderr=True)
+
+# Options that mean the same in every command that writes one checkpoint.
+SrcArg = Annotated[Path, typer.Argument(help="Input checkpoint.", show_default=False)]
+OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output .safetensors file.", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of the path.")]
 F = TypeVar("F", bound=Callable[..., Any])
 
 

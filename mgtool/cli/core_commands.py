@@ -8,12 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mgtool.cli.common import arch_spec, console, emit, handle_errors
-
-SrcArg = Annotated[Path, typer.Argument(help="Input checkpoint.", show_default=False)]
-OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output .safetensors file.", show_default=False)]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of the path.")]
+from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, SrcArg, arch_spec, console, emit, handle_errors
 
 
 @handle_errors

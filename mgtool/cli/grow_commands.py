@@ -7,11 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import console, emit, handle_errors
+from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, emit, handle_errors
 
-OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output .safetensors file.", show_default=False)]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of the path.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the new coefficients / weights / unit maps.")]
 
 

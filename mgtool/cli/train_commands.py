@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import console, emit, handle_errors, parse_options
+from mgtool.cli.common import JsonOpt, OutOpt, console, emit, handle_errors, parse_options
 from mgtool.cli.data_options import (
     BatchSizeEvalOpt,
     DataDirOpt,
@@ -20,7 +20,6 @@ from mgtool.cli.data_options import (
     data_config_from_cli,
 )
 
-OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output .safetensors file.", show_default=False)]
 SrcArg = Annotated[Path, typer.Argument(help="Input mgtool checkpoint.", show_default=False)]
 EpochsOpt = Annotated[int, typer.Option(
     "--epochs", help="Epochs of the schedule (train-small: 0 writes the fresh, untrained net).",
@@ -64,7 +63,6 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrup
                                          "OUT-stem.state.pt.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite OUT and start over, discarding "
                                         "its resume state.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of the path.")]
 
 
 ArchOpt = Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")]
@@ -100,12 +98,16 @@ def _runtime(device: str, precision: str, channels_last: bool | None, compile_: 
                    loader=loader, workers=workers, keep_every=keep_every, quiet=quiet)
 
 
-def _report(result) -> None:
+def _finish(result, quiet: bool, json_: bool) -> None:
+    """Rank 0 only: one line for people (unless --quiet), then the path or the JSON."""
+    if not result.is_main:
+        return
     d = result.to_dict()
-    top1 = d["test_top1"]
-    console.print(f"[green]trained[/] {d['output']}: {d['epochs_done']:g} epochs, test top-1 "
-                  f"{top1:.2%}, {d['training_flops']:.4g} training FLOPs in total, "
-                  f"{d['wall_s']:.1f}s", highlight=False, soft_wrap=True)
+    if not quiet:
+        console.print(f"[green]trained[/] {d['output']}: {d['epochs_done']:g} epochs, test top-1 "
+                      f"{d['test_top1']:.2%}, {d['training_flops']:.4g} training FLOPs in total, "
+                      f"{d['wall_s']:.1f}s", highlight=False, soft_wrap=True)
+    emit(result.out, d, json_)
 
 
 @handle_errors
@@ -183,10 +185,7 @@ def train_small_cmd(
                          num_classes=num_classes, in_chans=in_chans, templates=templates or 2,
                          share=share or "pairs", like=like, init_from=init_from, resume=resume,
                          force=force)
-    if result.is_main:
-        if not quiet:
-            _report(result)
-        emit(result.out, result.to_dict(), json_)
+    _finish(result, quiet, json_)
 
 
 @handle_errors
@@ -235,10 +234,7 @@ def finetune_cmd(
                          milestones=_milestones(milestones), warmup_epochs=warmup, budget=budget, seed=seed)
     runtime = _runtime(device, precision, channels_last, compile_, loader, workers, keep_every, quiet)
     result = finetune(src, output, cfg, train, runtime, resume=resume, force=force)
-    if result.is_main:
-        if not quiet:
-            _report(result)
-        emit(result.out, result.to_dict(), json_)
+    _finish(result, quiet, json_)
 
 
 @handle_errors
