@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,19 @@ from mgtool.provenance import Provenance
 
 FORMAT_VERSION = 1
 METADATA_KEY = "mgtool"
-KINDS = ("plain", "template-mixing")
+
+
+class Kind(str, Enum):
+    """What a checkpoint holds. A str enum: ``Kind.PLAIN == "plain"`` and JSON stores the value."""
+
+    PLAIN = "plain"
+    TEMPLATE_MIXING = "template-mixing"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+KINDS = tuple(k.value for k in Kind)
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,7 @@ class Flops:
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    kind: str
+    kind: Kind
     arch: ArchSpec
     plan: TemplatePlan | None
     provenance: Provenance
@@ -63,7 +76,7 @@ class CheckpointMeta:
         return json.dumps(
             {
                 "format_version": self.format_version,
-                "kind": self.kind,
+                "kind": str(self.kind),
                 "arch": self.arch.to_dict(),
                 "plan": self.plan.to_dict() if self.plan is not None else None,
                 "provenance": self.provenance.to_dict(),
@@ -92,9 +105,9 @@ class CheckpointMeta:
                     f"{path}: checkpoint format version {version} is newer than this mgtool "
                     f"understands ({FORMAT_VERSION}); upgrade mgtool"
                 )
-            kind = data["kind"]
-            if kind not in KINDS:
-                raise MgtoolError(f"{path}: unknown checkpoint kind {kind!r} (expected {KINDS})")
+            if data["kind"] not in KINDS:
+                raise MgtoolError(f"{path}: unknown checkpoint kind {data['kind']!r} (expected {KINDS})")
+            kind = Kind(data["kind"])
             plan = TemplatePlan.from_dict(data["plan"]) if data.get("plan") is not None else None
             if (plan is None) != (kind == "plain"):
                 raise MgtoolError(f"{path}: a {kind} checkpoint must {'not ' if kind == 'plain' else ''}"
