@@ -158,12 +158,8 @@ class Pipeline:
         self.outcomes.append(StageOutcome(name, output, "resumed" if resume else "ran", wall))
         return output
 
-    def _train(self, section: TrainSection, seed: int, budget: float = 1.0) -> TrainConfig:
-        return train_config(self.data.name, epochs=section.epochs, batch_size=section.batch_size, lr=section.lr,
-                            weight_decay=section.weight_decay, momentum=section.momentum,
-                            nesterov=section.nesterov, schedule=section.schedule,
-                            milestones=tuple(section.milestones) if section.milestones is not None else None,
-                            warmup_epochs=section.warmup_epochs, budget=budget, seed=seed)
+    def _train(self, section: TrainSection, seed: int, **values: Any) -> TrainConfig:
+        return train_config(self.data.name, section, seed=seed, **values)
 
     # ------------------------------------------------------------------ stages
 
@@ -244,10 +240,12 @@ class Pipeline:
         """The large net from scratch with the FLOPs the growth charged (Large Match)."""
         ref = self.r.reference
         spec = read_meta(tuned).arch
-        train0 = self._train(self.r.finetune.train, ref.seed)
+        # From scratch: net 1's recipe (or the data set's), never a post-growth protocol; a complete schedule.
+        section = self.r.net1.train or TrainSection(batch_size=ref.batch_size)
+        train0 = self._train(section, ref.seed, epochs=1)
         epochs, budget = epochs_for_flops(charged, self.large_per_sample(train0.batch_size),
                                           samples_per_epoch(self.train_size(), train0.batch_size))
-        train = self._train(TrainSection(**{**self.r.finetune.train.__dict__, "epochs": epochs}), ref.seed, budget)
+        train = self._train(section, ref.seed, epochs=epochs, budget=budget)
         config = {"arch": spec.to_dict(), "train": train.to_dict(), "data": self.data.to_dict()}
 
         def work(out: Path, resume: bool, force: bool) -> None:

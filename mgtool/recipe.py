@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from mgtool.errors import MgtoolError, first_line
+from mgtool.train.settings import TrainSettings as TrainSection  # one source: the CLI options' dataclass
 
 RECIPE_VERSION = 1
 
@@ -50,21 +51,6 @@ class ArchSection:
     options: dict[str, Any] = field(default_factory=dict)
     templates: int = 2
     share: str = "pairs"
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    """One training run; unset values come from the data set's recipe (mgtool.train.recipes)."""
-
-    epochs: int
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    nesterov: bool | None = None
-    schedule: str | None = None
-    milestones: list[float] | None = None  # epochs
-    warmup_epochs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +126,7 @@ class Recipe:
     version: int = RECIPE_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _plain(dataclasses.asdict(self))
 
     def to_yaml(self, command: str | None = None) -> str:
         head = f"# {command}\n" if command else ""
@@ -167,8 +153,17 @@ class Recipe:
             raise MgtoolError(f"recipe reference.epochs must be at least 1, got {self.reference.epochs}")
         for where, t in (("net1.train", self.net1.train), ("net2.train", self.net2.train),
                          ("finetune.train", self.finetune.train)):
-            if t is not None and t.epochs < 1:
-                raise MgtoolError(f"recipe {where}.epochs must be at least 1, got {t.epochs}")
+            if t is not None and (t.epochs is None or t.epochs < 1):
+                raise MgtoolError(f"recipe {where}.epochs must be given, at least 1, got {t.epochs}")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so the recipe dumps as plain YAML and JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------- parsing
@@ -204,6 +199,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise MgtoolError(f"recipe {where}: expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise MgtoolError(f"recipe {where}: expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
             raise MgtoolError(f"recipe {where}: expected true or false, got {value!r}")

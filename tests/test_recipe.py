@@ -39,7 +39,7 @@ def test_the_paper_recipes() -> None:
     assert c100.finetune.train.epochs == 40 and c100.net2.growth_point == 1.0
     r50 = load_recipe(root / "imagenet-resnet50.yaml")
     assert (r50.arch.name, r50.arch.width, r50.arch.options) == ("resnet50", 0.5, {"stem": "scaled"})
-    assert r50.net1.train.milestones == [30, 60, 80] and r50.net1.train.batch_size == 256
+    assert r50.net1.train.milestones == (30, 60, 80) and r50.net1.train.batch_size == 256
     assert r50.reference.epochs == 90
 
 

@@ -19,7 +19,7 @@ from mgtool.data import data_config
 from mgtool.errors import MgtoolError
 from mgtool.flops import flops_per_training_sample, training_flops_per_sample
 from mgtool.train import Lineage, Runtime, TrainConfig, fit, run_paths, train_config
-from mgtool.train.schedule import make_schedule
+from mgtool.train.schedule import schedule_lrs
 
 runner = CliRunner()
 DATA = ["--data", "synthetic", "--data-opt", "shape=3x16x16", "--data-opt", "train_size=128",
@@ -44,19 +44,6 @@ def test_help_has_examples():
     for cmd in ("train-small", "finetune", "eval"):
         r = invoke(cmd, "--help")
         assert r.exit_code == 0 and "Example: " in r.output
-
-
-def test_schedules():
-    s = make_schedule("cosine", 0.1, 10, 10, warmup_epochs=1)
-    assert s.total_steps == 100 and s.warmup_steps == 10
-    assert math.isclose(s.lr(0), 0.01) and math.isclose(s.lr(9), 0.1) and math.isclose(s.lr(10), 0.1)
-    assert math.isclose(s.lr(55), 0.05) and s.lr(99) < 1e-3
-    st = make_schedule("step", 0.1, 90, 2, milestones=(30, 60, 80))
-    assert [round(st.lr(i), 8) for i in (59, 60, 119, 120, 159, 160)] == [0.1, 0.01, 0.01, 0.001, 0.001, 0.0001]
-    with pytest.raises(MgtoolError, match="milestones"):
-        make_schedule("step", 0.1, 10, 1)
-    with pytest.raises(MgtoolError, match="warmup"):
-        make_schedule("cosine", 0.1, 2, 1, warmup_epochs=3)
 
 
 def test_recipes_follow_the_paper():
@@ -144,18 +131,23 @@ def test_init_from_accumulates_flops_and_records_the_parent(net1, tmp_path):
     assert m.training["flops_spent"] == pytest.approx(m1.flops.training / 3, rel=1e-9)  # 1 of 3 epochs
 
 
-def test_budget_cuts_the_full_schedule(tmp_path):
+def test_stop_at_cuts_the_full_schedule_and_budget_completes_a_short_one(tmp_path):
     out = tmp_path / "half.safetensors"
-    r = invoke("train-small", *TINY, "--epochs", "4", "--budget", "0.5", "--json", "-o", out)
+    r = invoke("train-small", *TINY, "--epochs", "4", "--stop-at", "0.5", "--json", "-o", out)
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
-    assert result["stopped_by_budget"] and result["epochs_done"] == 2
+    assert result["complete"] and result["epochs_done"] == 2
     meta = read_meta(out)
     assert meta.training["steps"] == 16 and meta.training["samples_seen"] == 256
     last = [json.loads(s) for s in run_paths(out).metrics.read_text().splitlines()][-1]
-    full = make_schedule("cosine", 0.1, 4, 8)
-    assert last["lr"] == pytest.approx(full.lr(15), rel=1e-12)  # the full schedule, cut off
-    r = invoke("train-small", *TINY, "--epochs", "3", "--budget", "0.25", "-o", tmp_path / "b.safetensors")
+    full = schedule_lrs(train_config("synthetic", epochs=4, warmup_epochs=0), 8)
+    assert last["lr"] == pytest.approx(full[15], rel=1e-12) and last["lr"] > 0.04  # cut, not annealed
+    out = tmp_path / "budget.safetensors"
+    r = invoke("train-small", *TINY, "--epochs", "4", "--budget", "0.5", "--json", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed to lr_min
+    assert read_meta(out).training["steps"] == 16
+    r = invoke("train-small", *TINY, "--epochs", "3", "--stop-at", "0.25", "-o", tmp_path / "b.safetensors")
     part = read_meta(tmp_path / "b.safetensors").training  # 6 of 24 steps: stops inside epoch 1
     assert r.exit_code == 0 and part["epochs_done"] == 0.75 and part["steps"] == 6 and part["complete"]
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mgtool.cli.common import JsonOpt, OutOpt, console, emit, handle_errors, parse_options
+from mgtool.cli.train_options import with_train_settings
 from mgtool.cli.data_options import (
     BatchSizeEvalOpt,
     DataDirOpt,
@@ -20,33 +21,10 @@ from mgtool.cli.data_options import (
     data_config_from_cli,
 )
 
+if TYPE_CHECKING:
+    from mgtool.train.settings import TrainSettings
+
 SrcArg = Annotated[Path, typer.Argument(help="Input mgtool checkpoint.", show_default=False)]
-EpochsOpt = Annotated[int, typer.Option(
-    "--epochs", help="Epochs of the schedule (train-small: 0 writes the fresh, untrained net).",
-    show_default=False)]
-BudgetOpt = Annotated[float, typer.Option(
-    "--budget", help="Stop after this fraction of the schedule's training FLOPs (the learning rate "
-    "follows the full schedule, cut off there).")]
-BatchOpt = Annotated[int | None, typer.Option(
-    "--batch-size", help="Global batch size (split over DDP processes). (default: 128; imagenet 256)",
-    show_default=False)]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate. (default: 0.1)",
-                                                show_default=False)]
-WdOpt = Annotated[float | None, typer.Option(
-    "--wd", help="Weight decay. (default: 5e-4; imagenet 1e-4)", show_default=False)]
-MomentumOpt = Annotated[float | None, typer.Option("--momentum", help="SGD momentum. (default: 0.9)",
-                                                      show_default=False)]
-NesterovOpt = Annotated[bool | None, typer.Option("--nesterov/--no-nesterov",
-                                                     help="Nesterov momentum. (default: on)",
-                                                     show_default=False)]
-ScheduleOpt = Annotated[str | None, typer.Option(
-    "--schedule", help="cosine, step or constant. (default: cosine; imagenet step)", show_default=False)]
-MilestonesOpt = Annotated[str | None, typer.Option(
-    "--milestones", help="Epochs where the step schedule divides the lr by 10, e.g. 30,60,80.",
-    show_default=False)]
-WarmupOpt = Annotated[float | None, typer.Option(
-    "--warmup", help="Linear warm-up epochs. (default: 1, or 5% of a shorter run; imagenet 0)",
-    show_default=False)]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA), fp32 or bf16.")]
 ChannelsLastOpt = Annotated[bool | None, typer.Option(
     "--channels-last/--no-channels-last", help="channels_last memory format. (default: on for CUDA)",
@@ -80,16 +58,6 @@ SmallSeedOpt = Annotated[int | None, typer.Option(
     help="Seed of init, data order and augmentation. (default: 0; with --like: net 1's + 1)", show_default=False)]
 
 
-def _milestones(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(m) for m in text.split(",") if m.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated epochs, got {text!r}",
-                                 param_hint="--milestones") from None
-
-
 def _runtime(device: str, precision: str, channels_last: bool | None, compile_: bool, loader: str,
              workers: int | None, keep_every: int, quiet: bool):
     from mgtool.train import Runtime
@@ -111,9 +79,10 @@ def _finish(result, quiet: bool, json_: bool) -> None:
 
 
 @handle_errors
+@with_train_settings()
 def train_small_cmd(
     output: OutOpt,
-    epochs: EpochsOpt,
+    train: TrainSettings,
     arch: Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
     width: Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
     opt: Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
@@ -127,15 +96,6 @@ def train_small_cmd(
     data_dir: DataDirOpt = None,
     data_opt: DataOptOpt = None,
     download: DownloadOpt = False,
-    budget: BudgetOpt = 1.0,
-    batch_size: BatchOpt = None,
-    lr: LrOpt = None,
-    wd: WdOpt = None,
-    momentum: MomentumOpt = None,
-    nesterov: NesterovOpt = None,
-    schedule: ScheduleOpt = None,
-    milestones: MilestonesOpt = None,
-    warmup: WarmupOpt = None,
     seed: SmallSeedOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -176,12 +136,9 @@ def train_small_cmd(
                                fallback=stored_data(source) if source else None)
     if like is not None:
         seed = like_seed(like, seed)
-    train = train_config(cfg.name, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=wd,
-                         momentum=momentum, nesterov=nesterov, schedule=schedule,
-                         milestones=_milestones(milestones), warmup_epochs=warmup, budget=budget,
-                         seed=seed if seed is not None else 0)
+    config = train_config(cfg.name, train, seed=seed if seed is not None else 0)
     runtime = _runtime(device, precision, channels_last, compile_, loader, workers, keep_every, quiet)
-    result = train_small(output, cfg, train, runtime, arch=arch, width=width, options=parse_options(opt),
+    result = train_small(output, cfg, config, runtime, arch=arch, width=width, options=parse_options(opt),
                          num_classes=num_classes, in_chans=in_chans, templates=templates or 2,
                          share=share or "pairs", like=like, init_from=init_from, resume=resume,
                          force=force)
@@ -189,23 +146,15 @@ def train_small_cmd(
 
 
 @handle_errors
+@with_train_settings()
 def finetune_cmd(
     src: SrcArg,
     output: OutOpt,
-    epochs: EpochsOpt,
+    train: TrainSettings,
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     data_opt: DataOptOpt = None,
     download: DownloadOpt = False,
-    budget: BudgetOpt = 1.0,
-    batch_size: BatchOpt = None,
-    lr: LrOpt = None,
-    wd: WdOpt = None,
-    momentum: MomentumOpt = None,
-    nesterov: NesterovOpt = None,
-    schedule: ScheduleOpt = None,
-    milestones: MilestonesOpt = None,
-    warmup: WarmupOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of data order and augmentation.")] = 0,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -229,11 +178,9 @@ def finetune_cmd(
     from mgtool.train.api import stored_data
 
     cfg = data_config_from_cli(data, data_dir, data_opt, download, fallback=stored_data(src))
-    train = train_config(cfg.name, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=wd,
-                         momentum=momentum, nesterov=nesterov, schedule=schedule,
-                         milestones=_milestones(milestones), warmup_epochs=warmup, budget=budget, seed=seed)
+    config = train_config(cfg.name, train, seed=seed)
     runtime = _runtime(device, precision, channels_last, compile_, loader, workers, keep_every, quiet)
-    result = finetune(src, output, cfg, train, runtime, resume=resume, force=force)
+    result = finetune(src, output, cfg, config, runtime, resume=resume, force=force)
     _finish(result, quiet, json_)
 
 

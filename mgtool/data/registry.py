@@ -53,6 +53,7 @@ class Dataset:
     mean: ClassVar[tuple[float, ...]]
     std: ClassVar[tuple[float, ...]]
     in_memory: ClassVar[bool] = True
+    train_preset: ClassVar[str] = "standard"  # training defaults: a name in mgtool.train.settings.PRESETS
 
     def info(self, cfg: DataConfig) -> DatasetInfo:
         raise NotImplementedError

@@ -283,6 +283,7 @@ class _Folder(Dataset):
 @register_dataset
 class ImageNet(_Folder):
     name = "imagenet"
+    train_preset = "imagenet"  # mgtool.train.settings.PRESETS
     summary = "ImageNet (ILSVRC2012) as ImageFolder train/ and val/, standard 224 pipeline"
     hint = ("ImageNet cannot be downloaded automatically: put the ILSVRC2012 train/ and val/ "
             "class folders under --data-dir DIR")

@@ -1,10 +1,13 @@
-"""Training: one engine (``fit``), schedules, DDP helpers, resume state, and the
-library functions behind ``train-small``, ``finetune`` and ``eval``."""
+"""Training: the settings (one source), the optimizer factory, timm schedules, the trainer
+(set-up, epoch, evaluation, saving), DDP helpers, resume state, and the library
+functions behind ``train-small``, ``finetune`` and ``eval``."""
 
-from mgtool.train.api import evaluate_checkpoint, finetune, train_small
-from mgtool.train.engine import EvalResult, FitResult, Lineage, Runtime, TrainConfig, evaluate, fit
+from mgtool.train.api import evaluate_checkpoint, finetune, train_config, train_small
+from mgtool.train.evaluate import EvalResult, evaluate
+from mgtool.train.lineage import Lineage
 from mgtool.train.paths import RunPaths, run_paths
-from mgtool.train.recipes import recipe_for, train_config
+from mgtool.train.settings import TrainConfig, TrainSettings
+from mgtool.train.trainer import FitResult, Runtime, Trainer, fit
 
 __all__ = [
     "EvalResult",
@@ -13,11 +16,12 @@ __all__ = [
     "RunPaths",
     "Runtime",
     "TrainConfig",
+    "TrainSettings",
+    "Trainer",
     "evaluate",
     "evaluate_checkpoint",
     "finetune",
     "fit",
-    "recipe_for",
     "run_paths",
     "train_config",
     "train_small",

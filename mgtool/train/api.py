@@ -15,16 +15,24 @@ from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
 from mgtool.provenance import Parent, new_provenance, sha256_file
 from mgtool.train.distributed import resolve_device
-from mgtool.train.engine import (
-    FitResult,
-    Lineage,
-    Runtime,
-    TrainConfig,
-    check_model_fits,
-    evaluate,
-    fit,
-    resolve_precision,
-)
+from mgtool.train.evaluate import check_model_fits, evaluate, resolve_precision
+from mgtool.train.lineage import Lineage
+from mgtool.train.settings import TrainConfig, TrainSettings, resolve
+from mgtool.train.trainer import FitResult, Runtime, fit
+
+
+def dataset_preset(name: str) -> str:
+    """The training preset a data set's registry entry names (``standard`` unless it says otherwise)."""
+    from mgtool.data import get_dataset
+
+    return getattr(get_dataset(name), "train_preset", "standard")
+
+
+def train_config(dataset: str, settings: TrainSettings | None = None, *, seed: int = 0,
+                 **values: Any) -> TrainConfig:
+    """The resolved recipe for ``dataset``: ``settings`` (and/or keyword values) over its defaults."""
+    settings = (settings or TrainSettings()).merged(TrainSettings(**values))
+    return resolve(settings, preset=dataset_preset(dataset), seed=seed)
 
 
 def stored_data(path: Path | str) -> dict[str, Any] | None:
@@ -113,15 +121,12 @@ def save_untrained(model: TemplateMixingNet, lineage: Lineage, data: DataConfig,
     started = time.perf_counter()
     out = check_output_path(out, force)
     info = dataset_info(data)
-    check_model_fits(model, lineage, data, info.shape, info.num_classes)
+    check_model_fits(model, lineage.arch.describe(), data, info.shape, info.num_classes)
     result = evaluate(model, data, batch_size=runtime.eval_batch_size, device=resolve_device(runtime.device))
     metrics = {"test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5}
-    summary = {"command": lineage.command, "epochs": 0, "epochs_done": 0, "complete": True,
-               "stopped_by_budget": False, "steps": 0, "samples_seen": 0, "flops_spent": 0.0,
-               "recipe": train.to_dict(), **metrics, **lineage.extra}
-    meta = CheckpointMeta(kind=lineage.kind, arch=lineage.arch, plan=lineage.plan,
-                          provenance=new_provenance(lineage.parents), flops=lineage.inherited,
-                          data=data.to_dict(), training=summary)
+    summary = {"epochs": 0, "epochs_done": 0, "complete": True, "steps": 0, "samples_seen": 0,
+               "flops_spent": 0.0, "recipe": train.to_dict(), **metrics}
+    meta = lineage.checkpoint_meta(data, summary, 0.0)
     save_checkpoint(out, model.state_dict(), meta, force=force)
     history = [{"epoch": 0, **metrics, "samples_seen": 0, "training_flops": lineage.inherited.training}]
     return FitResult(out, meta, history, time.perf_counter() - started)
@@ -147,8 +152,7 @@ def evaluate_checkpoint(src: Path | str, data: DataConfig, *, split: str = "test
     model, meta = load_checkpoint(src)
     data = resolve_config(data)
     info = dataset_info(data)
-    lineage = Lineage("eval", meta.kind, meta.arch, meta.plan)
-    check_model_fits(model, lineage, data, info.shape, info.num_classes)
+    check_model_fits(model, meta.arch.describe(), data, info.shape, info.num_classes)
     dev = resolve_device(device)
     bf16 = resolve_precision(precision, dev)
     model.to(dev)
