@@ -32,11 +32,11 @@ def _fit(out: Path, model=None, epochs: int = 1, **kw):
 def test_an_infinite_batchnorm_statistic_stops_training_and_writes_nothing(tmp_path):
     model = build_plain(SPEC)
 
-    def blow_up(m, inputs, output):  # what a too-large lr does to BatchNorm's running variance
+    def blow_up(m, inputs):  # what a too-large lr does to BatchNorm's running variance
         if m.training:
             m.running_var.fill_(math.inf)
 
-    model.bn1.register_forward_hook(blow_up)
+    model.bn1.register_forward_pre_hook(blow_up)
     out = tmp_path / "inf.safetensors"
     with pytest.raises(MgtoolError, match="bn1.running_var"):
         _fit(out, model)
