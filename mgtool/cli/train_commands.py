@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mgtool.cli.common import ForceOpt as OverwriteOpt
 from mgtool.cli.common import JsonOpt, OutOpt, console, emit, handle_errors, parse_options
 from mgtool.cli.train_options import with_train_settings
 from mgtool.cli.data_options import (
@@ -217,7 +218,41 @@ def eval_cmd(
     emit(src, result, json_)
 
 
+@handle_errors
+def recalibrate_bn_cmd(
+    src: SrcArg,
+    output: OutOpt,
+    samples: Annotated[int, typer.Option("--samples", help="Training images to average the statistics over "
+                                         "(the first N of the split, no augmentation).")] = 2048,
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    data_opt: DataOptOpt = None,
+    download: DownloadOpt = False,
+    batch_size: BatchSizeEvalOpt = 256,
+    device: DeviceOpt = "auto",
+    force: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Re-estimate BatchNorm running statistics (e.g. of a net just grown); nothing else changes.
+
+    Every BatchNorm layer averages its statistics over --samples training images
+    (cumulatively, not with momentum); every other tensor is written bit-identical.
+    The data set defaults to the one stored in SRC.
+
+    Example: mgtool recalibrate-bn grown.safetensors -o grown.bn.safetensors --samples 2048
+    """
+    from mgtool.recalibrate import recalibrate_bn
+    from mgtool.train.api import stored_data
+
+    cfg = data_config_from_cli(data, data_dir, data_opt, download, fallback=stored_data(src))
+    result = recalibrate_bn(src, output, cfg, samples=samples, batch_size=batch_size, device=device, force=force)
+    console.print(f"recalibrated {result.layers} BatchNorm layers of {src} on {result.samples} {cfg.name} "
+                  f"training images -> {result.path}", highlight=False, markup=False)
+    emit(result.path, result.to_dict(), json_)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("recalibrate-bn")(recalibrate_bn_cmd)
     app.command("train-small")(train_small_cmd)
     app.command("finetune")(finetune_cmd)
     app.command("eval")(eval_cmd)
