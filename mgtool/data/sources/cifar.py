@@ -7,6 +7,7 @@ for downloads only.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import pickle
 from functools import lru_cache
@@ -30,18 +31,23 @@ from mgtool.errors import MgtoolError, first_line
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SIDE = 32
-_ALLOWED = {  # what numpy arrays pickled by Python 2 or 3 (protocol <= 4) refer to
+_ALLOWED = {  # what numpy arrays pickled by Python 2 or 3 (any protocol) refer to
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("__builtin__", "bytes"),
+    ("builtins", "bytes"),
 }
+
+
+_NUMPY_2 = importlib.util.find_spec("numpy._core") is not None
 
 
 class _ArraysOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module == "numpy.core.multiarray":
-            module = "numpy._core.multiarray"
+        if module.startswith("numpy.core.") and _NUMPY_2:  # numpy 1 names; numpy 2 warns on them
+            module = "numpy._core." + module.removeprefix("numpy.core.")
         return super().find_class(module, name)
 
 
@@ -66,7 +72,7 @@ def read_batch(path: Path, label_key: str) -> Arrays:
 def write_batch(path: Path, arrays: Arrays, label_key: str) -> None:
     """``arrays`` as one pickled batch in the official layout (what ``read_batch`` reads)."""
     batch = {"batch_label": path.name, label_key: arrays.labels.tolist(),
-             "data": arrays.images.reshape(len(arrays), -1).numpy(),
+             "data": arrays.images.reshape(len(arrays), 3 * SIDE * SIDE).numpy(),
              "filenames": [f"{i}.png" for i in range(len(arrays))]}
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(pickle.dumps(batch, protocol=2))
