@@ -33,6 +33,7 @@ from mgtool.data.registry import (
     FolderDataset,
     InMemoryDataset,
     check_split,
+    dataset_names,
     get_dataset,
     resolve_config,
     split_length,
@@ -182,8 +183,8 @@ def train_loader(cfg: DataConfig, *, batch_size: int, device: torch.device | str
     else:
         assert isinstance(dataset, FolderDataset)
         if loader == "device":
-            raise MgtoolError(f"{cfg.name}: --loader device needs an in-memory data set "
-                              "(cifar10, cifar100, mnist, fashion-mnist, synthetic)")
+            in_memory = [n for n in dataset_names() if isinstance(get_dataset(n), InMemoryDataset)]
+            raise MgtoolError(f"{cfg.name}: --loader device needs an in-memory data set ({', '.join(in_memory)})")
         source = dataset.folder(cfg, "train", train=True)
     samples = len(source)  # type: ignore[arg-type]
     if samples < batch_size * world:

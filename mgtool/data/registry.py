@@ -167,7 +167,7 @@ def data_config(name: str, data_dir: str | Path | None = None, options: dict[str
     for key, default in dataset.options.items():
         value = options.get(key, default)
         resolved[key] = _typed(name, key, value, default)
-    folder = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+    folder = None if data_dir is None else os.path.abspath(Path(data_dir).expanduser())
     return DataConfig(name, folder, resolved, download)
 
 
