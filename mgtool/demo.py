@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mgtool.data import data_config
-from mgtool.data.sources import has_idx_files
+from mgtool.data.sources.idx import has_idx_files
 from mgtool.errors import MgtoolError, first_line
 from mgtool.pipeline import Summary, run_pipeline
 from mgtool.recipe import Recipe, recipe_from_dict

@@ -1,33 +1,23 @@
-"""A seeded random subset of an idx data set (Fashion-MNIST, MNIST) written as idx files.
+"""A seeded random subset of an in-memory data set, written in that data set's own file layout.
 
 The demo, the CPU recipe and ``bench/growth_table.py`` train on a few thousand images;
-writing them as a folder of idx files keeps the data set name (``fashion-mnist``) and
-lets every stage read them through the normal registry with ``data_dir``.
+writing them as a folder in the source's layout (idx files for Fashion-MNIST, pickled
+batches for CIFAR) keeps the data set name and lets every stage read them through the
+normal registry with ``data_dir``. Only ``ArrayFilesDataset``s can be subset: a synthetic
+set is sized by its own options, and an image folder is made smaller by copying fewer files.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from pathlib import Path
 
 import torch
 
-from mgtool.data import DataConfig, get_dataset
-from mgtool.data.sources import IDX_FILES
+from mgtool.data import ArrayFilesDataset, Arrays, DataConfig, FolderDataset, get_dataset
 from mgtool.errors import MgtoolError
 
-_FILES = {split: tuple(f"{stem}.gz" for stem in stems) for split, stems in IDX_FILES.items()}
 _MARKER = "subset.json"
-
-
-def idx_bytes(tensor: torch.Tensor) -> bytes:
-    """The idx encoding of a uint8 tensor (magic 0x0000080N, big-endian dims, raw bytes)."""
-    if tensor.dtype != torch.uint8:
-        tensor = tensor.to(torch.uint8)
-    header = bytes([0, 0, 0x08, tensor.ndim]) + b"".join(struct.pack(">I", d) for d in tensor.shape)
-    return header + tensor.contiguous().numpy().tobytes()
 
 
 def subset_indices(n: int, size: int, seed: int) -> torch.Tensor:
@@ -38,16 +28,21 @@ def subset_indices(n: int, size: int, seed: int) -> torch.Tensor:
     return perm[:size].sort().values
 
 
-def write_idx_subset(source: DataConfig, folder: Path | str, *, train_size: int, test_size: int,
-                     seed: int = 0) -> Path:
+def write_subset(source: DataConfig, folder: Path | str, *, train_size: int, test_size: int,
+                 seed: int = 0) -> Path:
     """Write a random ``train_size`` / ``test_size`` subset of ``source`` into ``folder``.
 
-    Idempotent: a folder whose ``subset.json`` records the same request is reused.
-    0 keeps the whole split.
+    Idempotent: a folder whose ``subset.json`` records the same request (and source
+    folder) is reused. 0 keeps the whole split.
     """
     folder = Path(folder)
     dataset = get_dataset(source.name)
-    request = {"source": source.name, "train_size": train_size, "test_size": test_size, "seed": seed}
+    if not isinstance(dataset, ArrayFilesDataset):
+        how = ("copy fewer images into a smaller train/ and val/ folder" if isinstance(dataset, FolderDataset)
+               else "set its own size options (train_size, test_size) instead")
+        raise MgtoolError(f"{source.name}: only data sets read from array files can be subset; {how}")
+    request = {"source": source.name, "source_dir": str(dataset.locate(source)), "train_size": train_size,
+               "test_size": test_size, "seed": seed}
     marker = folder / _MARKER
     if marker.is_file():
         try:
@@ -55,16 +50,14 @@ def write_idx_subset(source: DataConfig, folder: Path | str, *, train_size: int,
                 return folder
         except json.JSONDecodeError:
             pass
-    if not hasattr(dataset, "locate"):
-        raise MgtoolError(f"{source.name}: subsets are made of idx data sets (fashion-mnist, mnist)")
+        marker.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     for split, size in (("train", train_size), ("test", test_size)):
         arrays = dataset.arrays(source, split)
         idx = subset_indices(len(arrays), size, seed + (0 if split == "train" else 1))
-        images_name, labels_name = _FILES[split]
-        for name, tensor in ((images_name, arrays.images[idx, 0]), (labels_name, arrays.labels[idx])):
-            tmp = folder / f".{name}.tmp"
-            tmp.write_bytes(gzip.compress(idx_bytes(tensor), compresslevel=1, mtime=0))
-            tmp.replace(folder / name)
+        dataset.write_arrays(folder, split, Arrays(arrays.images[idx], arrays.labels[idx]))
     marker.write_text(json.dumps(request))
     return folder
+
+
+write_idx_subset = write_subset  # the name pipeline.py and bench/growth_table.py import

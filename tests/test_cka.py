@@ -21,6 +21,7 @@ from mgtool.analysis.activations import (
     glob_to_regex,
     growth_factor,
 )
+from mgtool.analysis.checkpoints import EpochCheckpoint
 from mgtool.analysis.cka import (
     MinibatchCKA,
     gram,
@@ -28,11 +29,16 @@ from mgtool.analysis.cka import (
     minibatch_linear_cka,
     unbiased_hsic,
 )
+from mgtool.analysis.estimators import ESTIMATORS, make_estimator
 from mgtool.analysis.plot import matplotlib_available, plot_heatmap
+from mgtool.analysis.results import CkaSide, Estimate, LayerCka, TimeCka
+from mgtool.analysis.similarity import EvalSettings
 from mgtool.archs import ArchSpec, build_plain, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, save_checkpoint
 from mgtool.cli import app
 from mgtool.convert import fresh_template_mixing
+from mgtool.data import DataConfig
+from mgtool.errors import MgtoolError, SettingError
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import new_provenance
 from mgtool.train.paths import run_paths
@@ -462,3 +468,72 @@ def test_library_and_cli_share_the_epoch_listing(ckpts):
 
     listed = epoch_checkpoints([Path(ckpts["run"])])
     assert [c.epoch for c in listed] == [1, 2, 10] and {c.run for c in listed} == {"net"}
+
+
+# ---------------------------------------------------------------------------------------
+# The estimator interface and the typed results
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_every_estimator_matches_its_reference_through_the_interface(name):
+    xs = [_randn(96, d, seed=60 + d) for d in (3, 5)]
+    ys = [torch.tanh(xs[0] @ _randn(3, 6, seed=70)), _randn(96, 4, seed=71)]
+    pair, same = make_estimator(name, 96), make_estimator(name, 96)
+    for start in range(0, 96, 32):
+        part = slice(start, start + 32)
+        rows, cols = [pair.keep(x[part]) for x in xs], [pair.keep(y[part]) for y in ys]
+        pair.check_memory([*rows, *cols])
+        pair.update(rows, cols)
+        same.update([same.keep(x[part]) for x in xs])
+    if name == "full":
+        expected = torch.tensor([[linear_cka(x.float(), y.float()) for y in ys] for x in xs], dtype=F64)
+        tol = {"rtol": 1e-5, "atol": 1e-6}  # the full estimator keeps float32 activations
+    else:
+        expected = torch.tensor([[minibatch_linear_cka(x, y, 32) for y in ys] for x in xs], dtype=F64)
+        tol = {"rtol": 1e-10, "atol": 1e-12}
+    assert_close(pair.compute(), expected, **tol)
+    symmetric = same.compute()
+    assert symmetric.shape == (2, 2)
+    assert_close(symmetric, symmetric.T, rtol=0, atol=1e-12)
+    assert_close(symmetric.diagonal(), torch.ones(2, dtype=F64), rtol=0, atol=1e-6)
+
+
+def test_full_estimator_refuses_more_memory_than_its_limit():
+    estimator = make_estimator("full", samples=10**6)
+    estimator.check_memory([torch.zeros(2, 100)])  # 0.4 GB: fine
+    with pytest.raises(MgtoolError, match="minibatch"):
+        estimator.check_memory([torch.zeros(2, 100)], copies=20)
+    make_estimator("minibatch", samples=10**6).check_memory([torch.zeros(2, 10**6)], copies=20)
+
+
+@pytest.mark.parametrize(("settings", "field"), [
+    (EvalSettings(estimator="exact"), "estimator"),
+    (EvalSettings(samples=3), "samples"),
+    (EvalSettings(batch_size=2), "batch_size"),
+])
+def test_bad_settings_name_their_field(settings, field):
+    with pytest.raises(SettingError) as e:
+        settings.check()
+    assert e.value.field == field
+
+
+def test_results_write_their_json_and_keep_the_documented_keys(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    data = DataConfig("synthetic", None, {"shape": "3x8x8"})
+    estimate = Estimate(torch.tensor([[1.0, math.nan]], dtype=F64), samples=8, batches=2)
+    arch = {"name": "tiny-cnn", "width": 1.0, "options": {}}
+    side = CkaSide(Path("a.safetensors"), arch, ["conv1"], "both")
+    cols = CkaSide(Path("b.safetensors"), arch, ["conv1", "conv2"], "first")
+    layer = LayerCka("minibatch", estimate, data, "test", 4, rows=side, cols=cols)
+    payload = layer.write(tmp_path / "l.png", tmp_path / "l.json")
+    assert list(payload) == ["kind", "estimator", "estimator_detail", "matrix", "rows", "cols", "data", "split",
+                             "samples", "batches", "batch_size", "json", "figure"]
+    assert payload["matrix"] == [[1.0, None]] and payload["figure"] is None
+    assert json.loads((tmp_path / "l.json").read_text()) == payload
+    assert layer.summary() == "1x2 layers, 8 samples" and "a.safetensors vs b.safetensors" in layer.title
+    checkpoints = [EpochCheckpoint(Path("r.epoch001.safetensors"), "r", 1), EpochCheckpoint(Path("g"), "g", None)]
+    time = TimeCka("full", estimate, data, "test", 4, layer="conv2", checkpoints=checkpoints)
+    payload = time.write(tmp_path / "t.png", tmp_path / "t.json")
+    assert payload["kind"] == "cka-time" and [c["label"] for c in payload["checkpoints"]] == ["r:1", "g"]
+    assert list(payload)[4:6] == ["layer", "checkpoints"]

@@ -27,7 +27,7 @@ from mgtool.data import (
 )
 from mgtool.data.augment import cutout, random_crop, random_flip
 from mgtool.data.loaders import _shard
-from mgtool.data.sources import read_idx
+from mgtool.data.sources.idx import read_idx
 from mgtool.errors import MgtoolError
 
 SYN = {"shape": "3x8x8", "classes": 4, "train_size": 96, "test_size": 40}
@@ -195,9 +195,9 @@ def test_eval_batches_limit_normalisation_and_ranks():
     assert torch.equal(limited, full[:13])
     shares = [torch.cat([x for x, _ in eval_batches(cfg, limit=13, rank=r, world=2)]) for r in range(2)]
     assert torch.equal(torch.cat(shares), full[:13])
-    from mgtool.data.sources import _synthetic
+    from mgtool.data.sources.synthetic import synthetic_arrays
 
-    raw = _synthetic((3, 8, 8), 4, 40, 0, "test").images
+    raw = synthetic_arrays((3, 8, 8), 4, 40, 0, "test").images
     torch.testing.assert_close(full, (raw.float() / 255 - 0.5) / 0.25, rtol=0, atol=1e-6)
 
 

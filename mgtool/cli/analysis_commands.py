@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress
@@ -11,6 +11,9 @@ from rich.progress import Progress
 from mgtool.cli.common import console, emit, handle_errors
 from mgtool.cli.data_options import DataDirOpt, DataOpt, DataOptOpt, DeviceOpt, SplitOpt
 from mgtool.errors import MgtoolError
+
+if TYPE_CHECKING:
+    from mgtool.analysis.results import CkaResult
 
 FigureOpt = Annotated[
     Path,
@@ -75,12 +78,7 @@ def cka_cmd(
     Example: mgtool cka grown.safetensors net1.safetensors --data cifar100 --half first -o cka.png
     """
     from mgtool.analysis.activations import check_half
-    from mgtool.analysis.similarity import (
-        EvalSettings,
-        cka_between,
-        output_paths,
-        write_report,
-    )
+    from mgtool.analysis.similarity import EvalSettings, cka_between, output_paths
     from mgtool.checkpoint import read_meta
     from mgtool.cli.data_options import data_config_from_cli
     from mgtool.train.distributed import resolve_device
@@ -94,12 +92,8 @@ def cka_cmd(
     settings = EvalSettings(split, samples, batch_size, estimator, str(resolve_device(device)))
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("cka: running both models", total=samples)
-        payload = cka_between(a, b, cfg, settings, layers=layers, half=half, progress=lambda n: bar.advance(task, n))
-    title = f"CKA {a.name} vs {b.name} ({cfg.name}, {payload['samples']} samples)"
-    drawn = write_report(payload, figure, json_path, title=title)
-    rows, cols = len(payload["rows"]["layers"]), len(payload["cols"]["layers"])
-    _report(drawn, json_path, f"{rows}x{cols} layers, {payload['samples']} samples")
-    emit(drawn or json_path, payload, json_)
+        result = cka_between(a, b, cfg, settings, layers=layers, half=half, progress=lambda n: bar.advance(task, n))
+    _finish(result, figure, json_path, json_)
 
 
 @handle_errors
@@ -134,13 +128,7 @@ def cka_time_cmd(
 
     Example: mgtool cka-time runs/net2.epoch0*.safetensors runs/grown/ --layer stages.2.1 --data cifar100 -o time.png
     """
-    from mgtool.analysis.similarity import (
-        EvalSettings,
-        cka_over_time,
-        epoch_checkpoints,
-        output_paths,
-        write_report,
-    )
+    from mgtool.analysis.similarity import EvalSettings, cka_over_time, epoch_checkpoints, output_paths
     from mgtool.checkpoint import read_meta
     from mgtool.cli.data_options import data_config_from_cli
     from mgtool.train.distributed import resolve_device
@@ -152,17 +140,16 @@ def cka_time_cmd(
     settings = EvalSettings(split, samples, batch_size, estimator, str(resolve_device(device)))
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("cka-time: checkpoints", total=len(checkpoints))
-        payload = cka_over_time(checkpoints, layer, cfg, settings, progress=lambda n: bar.advance(task, n))
-    title = f"CKA over training at {payload['layer']} ({cfg.name}, {payload['samples']} samples)"
-    drawn = write_report(payload, figure, json_path, title=title)
-    n = len(payload["checkpoints"])
-    _report(drawn, json_path, f"{n}x{n} checkpoints, {payload['samples']} samples")
-    emit(drawn or json_path, payload, json_)
+        result = cka_over_time(checkpoints, layer, cfg, settings, progress=lambda n: bar.advance(task, n))
+    _finish(result, figure, json_path, json_)
 
 
-def _report(drawn: Path | None, json_path: Path, what: str) -> None:
+def _finish(result: CkaResult, figure: Path, json_path: Path, json_: bool) -> None:
+    """Write the JSON and the heatmap, say so on stderr, print the path (or the JSON)."""
     from mgtool.analysis.plot import PLOTS_HINT
 
+    payload = result.write(figure, json_path)
+    drawn = figure if payload["figure"] is not None else None
     if drawn is None:
         console.print(
             f"matplotlib is not installed: wrote {json_path} only; `{PLOTS_HINT}` draws the picture",
@@ -170,7 +157,8 @@ def _report(drawn: Path | None, json_path: Path, what: str) -> None:
             soft_wrap=True,
         )
     else:
-        console.print(f"cka: {what} -> {drawn} and {json_path}", markup=False, soft_wrap=True)
+        console.print(f"cka: {result.summary()} -> {drawn} and {json_path}", markup=False, soft_wrap=True)
+    emit(drawn or json_path, payload, json_)
 
 
 def register(app: typer.Typer) -> None:

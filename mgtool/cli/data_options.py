@@ -11,7 +11,8 @@ from mgtool.cli.common import parse_options
 from mgtool.errors import MgtoolError
 
 DataOpt = Annotated[str | None, typer.Option(
-    "--data", help="Data set: cifar10, cifar100, imagenet, fashion-mnist, mnist, imagefolder, synthetic.",
+    "--data", help="Data set by name, e.g. cifar10, cifar100, imagenet, fashion-mnist, mnist, imagefolder, "
+    "synthetic (an unknown name lists them all).",
     show_default=False)]
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Folder holding the data set (default: $MGTOOL_DATA_DIR, else ./data).",

@@ -28,7 +28,16 @@ from torch.utils.data import Dataset as TorchDataset
 
 from mgtool.data.augment import Augment, augment_batch
 from mgtool.data.config import DataConfig
-from mgtool.data.registry import Arrays, check_split, get_dataset, resolve_config
+from mgtool.data.registry import (
+    Arrays,
+    FolderDataset,
+    InMemoryDataset,
+    check_split,
+    dataset_names,
+    get_dataset,
+    resolve_config,
+    split_length,
+)
 from mgtool.errors import MgtoolError
 
 LOADERS = ("auto", "device", "dataloader")
@@ -168,22 +177,24 @@ def train_loader(cfg: DataConfig, *, batch_size: int, device: torch.device | str
     cfg = resolve_config(cfg)
     device = torch.device(device)
     dataset = get_dataset(cfg.name)
-    if dataset.in_memory:
-        arrays = dataset.arrays(cfg, "train")
-        samples = len(arrays)
+    source: Arrays | TorchDataset
+    if isinstance(dataset, InMemoryDataset):
+        source = dataset.arrays(cfg, "train")
     else:
+        assert isinstance(dataset, FolderDataset)
         if loader == "device":
-            raise MgtoolError(f"{cfg.name}: --loader device needs an in-memory data set "
-                              "(cifar10, cifar100, mnist, fashion-mnist, synthetic)")
-        folder = dataset.folder(cfg, "train", train=True)
-        samples = len(folder)  # type: ignore[arg-type]
+            in_memory = [n for n in dataset_names() if isinstance(get_dataset(n), InMemoryDataset)]
+            raise MgtoolError(f"{cfg.name}: --loader device needs an in-memory data set ({', '.join(in_memory)})")
+        source = dataset.folder(cfg, "train", train=True)
+    samples = len(source)  # type: ignore[arg-type]
     if samples < batch_size * world:
         raise MgtoolError(f"{cfg.name}: the train split has {samples} samples, fewer than one batch "
                           f"({batch_size} x {world} processes); lower --batch-size")
-    if dataset.in_memory and loader in ("auto", "device"):
-        return DeviceLoader(arrays, batch_size=batch_size, augment=dataset.augment(cfg),
-                            device=device, seed=seed, rank=rank, world=world)
-    source = AugmentedArrays(arrays, dataset.augment(cfg), seed) if dataset.in_memory else folder
+    if isinstance(source, Arrays):
+        if loader in ("auto", "device"):
+            return DeviceLoader(source, batch_size=batch_size, augment=dataset.augment(cfg),
+                                device=device, seed=seed, rank=rank, world=world)
+        source = AugmentedArrays(source, dataset.augment(cfg), seed)
     return HostLoader(source, samples=samples, batch_size=batch_size, device=device, seed=seed,
                       rank=rank, world=world, workers=workers)
 
@@ -212,7 +223,7 @@ def eval_batches(cfg: DataConfig, split: str = "test", limit: int | None = None,
         raise MgtoolError(f"--batch-size must be positive, got {batch_size}")
     device = torch.device(device)
     norm = normaliser(cfg, channels_last)
-    if dataset.in_memory:
+    if isinstance(dataset, InMemoryDataset):
         arrays = dataset.arrays(cfg, split)
         n = min(len(arrays), limit) if limit is not None else len(arrays)
         start, end = rank * n // world, (rank + 1) * n // world
@@ -221,6 +232,7 @@ def eval_batches(cfg: DataConfig, split: str = "test", limit: int | None = None,
             x = arrays.images[i:j].to(device, non_blocking=True)
             yield norm(x), arrays.labels[i:j].to(device, non_blocking=True)
         return
+    assert isinstance(dataset, FolderDataset)
     folder = dataset.folder(cfg, split, train=False)
     n = min(len(folder), limit) if limit is not None else len(folder)  # type: ignore[arg-type]
     start, end = rank * n // world, (rank + 1) * n // world
@@ -234,8 +246,5 @@ def eval_batches(cfg: DataConfig, split: str = "test", limit: int | None = None,
 def split_size(cfg: DataConfig, split: str, limit: int | None = None) -> int:
     """How many samples ``eval_batches`` yields in total over all ranks."""
     cfg = resolve_config(cfg)
-    dataset = get_dataset(cfg.name)
-    split = check_split(cfg.name, split)
-    source = dataset.arrays(cfg, split) if dataset.in_memory else dataset.folder(cfg, split, train=False)
-    n = len(source)  # type: ignore[arg-type]
+    n = split_length(cfg, check_split(cfg.name, split))
     return min(n, limit) if limit is not None else n

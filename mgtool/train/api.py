@@ -9,7 +9,7 @@ from typing import Any
 from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, Flops, check_output_path, read_meta, save_checkpoint
 from mgtool.convert import fresh_template_mixing
-from mgtool.data import DataConfig, dataset_info, resolve_config
+from mgtool.data import DataConfig, data_source, dataset_info, resolve_config
 from mgtool.errors import MgtoolError
 from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
@@ -160,4 +160,5 @@ def evaluate_checkpoint(src: Path | str, data: DataConfig, *, split: str = "test
                       bf16=bf16, channels_last=dev.type == "cuda", workers=workers)
     return {"checkpoint": str(src), "kind": meta.kind, "arch": meta.arch.to_dict(),
             "data": data.to_dict(), "split": "test" if split == "val" else split,
-            "precision": "bf16" if bf16 else "fp32", **result.to_dict()}
+            "precision": "bf16" if bf16 else "fp32", **result.to_dict(),
+            **data_source(data, split, limit).to_dict()}
