@@ -84,9 +84,11 @@ class VitMaps:
     stream: Tensor
     heads: Tensor
     mlp: Tensor
+    embed_dim: int  # of the small net
     head_dim: int
 
     def of(self, space: str | None) -> Tensor | None:
+        """The map of a space; ``attn`` (proj's input) and ``qkv`` follow from the heads map."""
         if space is None:
             return None
         if space in (STREAM, HEADS, MLP):
@@ -95,8 +97,7 @@ class VitMaps:
         attn = (self.heads.unsqueeze(1) * self.head_dim + per_dim).reshape(-1)
         if space == ATTN:
             return attn
-        old_dim = int(self.stream.max()) + 1  # the stream map covers every old unit
-        return torch.cat([p * old_dim + attn for p in range(QKV_PARTS)])
+        return torch.cat([p * self.embed_dim + attn for p in range(QKV_PARTS)])
 
 
 def vit_maps(spec: ArchSpec, factor: int, method: str, generator: torch.Generator) -> VitMaps:
@@ -113,9 +114,9 @@ def vit_maps(spec: ArchSpec, factor: int, method: str, generator: torch.Generato
         return torch.cat([torch.arange(n), *(torch.randperm(n, generator=generator) for _ in range(factor - 1))])
 
     if method == "clone":
-        return VitMaps(tiled(dim), tiled(heads), tiled(hidden), dim // heads)
+        return VitMaps(tiled(dim), tiled(heads), tiled(hidden), dim, dim // heads)
     if method == "net2net":
-        return VitMaps(balanced(dim), drawn(heads), drawn(hidden), dim // heads)
+        return VitMaps(balanced(dim), drawn(heads), drawn(hidden), dim, dim // heads)
     raise MgtoolError(f"vit: no unit maps for method {method!r}")
 
 
@@ -189,9 +190,8 @@ def grow_vit_random(net: nn.Module, spec: ArchSpec, factor: int, seed: int = 0) 
     _same_keys(small_sd, wide_sd)
     with torch.no_grad():
         for key, old in small_sd.items():
-            tensor_spaces(key)  # refuses tensors without a rule
             target = wide_sd[key]
-            if tensor_spaces(key)[0] == QKV:
+            if tensor_spaces(key)[0] == QKV:  # also refuses tensors without a rule
                 target = target[..., : old.shape[-1]] if old.ndim == 2 else target
                 target.index_copy_(0, qkv_rows, old)
             else:
