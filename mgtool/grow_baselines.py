@@ -1,4 +1,5 @@
-"""The paper's growth baselines on plain checkpoints: Random and Net2Net (Chen et al. 2016).
+"""The paper's growth baselines on plain checkpoints: Random and Net2Net (Chen et al. 2016),
+and HyperCloning-style ``clone`` (Samragh et al. 2024).
 
 Both widen the same family by ``factor`` (``grow_spec``); the small net's units are the
 first ones of every widened dimension.
@@ -12,6 +13,12 @@ first ones of every widened dimension.
   copied along m; its weights from a widened input space are divided by the number of
   copies of their source unit. Nothing is rescaled afterwards, so the wide net
   computes the small net's function, in eval and in train mode.
+* ``clone``: ``net2net`` with every unit copied exactly g times (new unit j copies
+  unit j mod n), so the wide net's features are the small net's tiled g times.
+
+``noise`` (clone and net2net) adds symmetry-breaking noise that sums to zero over the
+copies of every input unit, so the function is kept (``grow_vit.zero_sum_noise``).
+ViTs (``grow_vit``) are widened head by head by their own rules.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.channel_spaces import ChannelSpaces, channel_spaces, space_sizes
 from mgtool.checkpoint import CheckpointMeta, check_output_path, read_meta, save_checkpoint
 from mgtool.convert import RELATIVE_TOLERANCE, logit_check, logit_difference
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, check_choice, check_range
+from mgtool.grow_vit import grow_vit_preserving, grow_vit_random, handles, zero_sum_noise
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import Parent, new_provenance, sha256_file
 
-METHODS = ("random", "net2net")
+METHODS = ("random", "net2net", "clone")
+PRESERVING = ("net2net", "clone")
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -67,8 +76,10 @@ class Net2NetMaps:
         return self.maps.get(layer.out_space), self.maps.get(layer.in_space)
 
 
-def net2net_maps(net: nn.Module, spec: ArchSpec, factor: int, generator: torch.Generator) -> Net2NetMaps:
-    """Draw the unit maps: m(j) = j for the n old units, uniform over 0..n-1 for the new ones."""
+def net2net_maps(net: nn.Module, spec: ArchSpec, factor: int, generator: torch.Generator,
+                 *, clone: bool = False) -> Net2NetMaps:
+    """Draw the unit maps: m(j) = j for the n old units, uniform over 0..n-1 for the new ones
+    (``clone``: m(j) = j mod n)."""
     spec = resolve_spec(spec)
     spaces = channel_spaces(net, spec.name)
     with torch.device("meta"):
@@ -85,14 +96,16 @@ def net2net_maps(net: nn.Module, spec: ArchSpec, factor: int, generator: torch.G
                 f"{big[s]} grown; net2net widens hidden spaces {factor}-fold only"
             )
         extra = torch.randint(0, n, ((factor - 1) * n,), generator=generator)
-        maps[s] = torch.cat([torch.arange(n), extra])
+        maps[s] = torch.arange(n).repeat(factor) if clone else torch.cat([torch.arange(n), extra])
     return Net2NetMaps(spaces, maps)
 
 
-def grow_net2net(net: nn.Module, spec: ArchSpec, factor: int, seed: int = 0) -> tuple[nn.Module, Net2NetMaps]:
+def grow_net2net(net: nn.Module, spec: ArchSpec, factor: int, seed: int = 0, *, clone: bool = False,
+                 noise: float = 0.0) -> tuple[nn.Module, Net2NetMaps]:
     """Function-preserving widening (see the module docstring); returns the model and its maps."""
     spec = resolve_spec(spec)
-    maps = net2net_maps(net, spec, factor, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    maps = net2net_maps(net, spec, factor, generator, clone=clone)
     small_sd = net.state_dict()
     wide = build_plain(grow_spec(spec, factor))
     wide_sd = wide.state_dict()
@@ -117,7 +130,11 @@ def grow_net2net(net: nn.Module, spec: ArchSpec, factor: int, seed: int = 0) -> 
             if in_map is not None:
                 counts = torch.bincount(in_map, minlength=weight.shape[1]).to(weight.dtype)
                 weight = _take(weight, in_map, 1) / _along(counts[in_map], 1, weight.ndim)
-            wide_sd[prefix + "weight"].copy_(_take(weight, out_map, 0))
+            weight = _take(weight, out_map, 0)
+            if noise > 0 and in_map is not None:
+                scale = float(weight.double().pow(2).mean().sqrt())
+                weight = weight + zero_sum_noise(in_map, tuple(weight.shape), noise, scale, generator).to(weight.dtype)
+            wide_sd[prefix + "weight"].copy_(weight)
             done.add(prefix + "weight")
             if prefix + "bias" in small_sd:
                 wide_sd[prefix + "bias"].copy_(_take(small_sd[prefix + "bias"], out_map, 0))
@@ -178,16 +195,20 @@ def grow(
     method: str,
     factor: int = 2,
     seed: int = 0,
+    noise: float = 0.0,
     force: bool = False,
 ) -> GrowResult:
     """Widen a plain mgtool checkpoint by ``factor`` with a baseline ``method``.
 
-    ``net2net`` refuses to write unless the wide model's logits match the small one's
-    within 1e-5 of the logit scale (eval mode, fixed batch).
+    ``net2net`` and ``clone`` refuse to write unless the wide model's logits match the
+    small one's within 1e-5 of the logit scale (eval mode, fixed batch). ``noise`` is
+    their symmetry breaking: noise RMS / weight RMS (see ``grow_vit.zero_sum_noise``).
     """
     src = Path(src)
-    if method not in METHODS:
-        raise MgtoolError(f"--method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
+    check_range("noise", noise, low=0)
+    if noise > 0 and method not in PRESERVING:
+        raise MgtoolError(f"--noise applies to {' and '.join(PRESERVING)} growth, not to {method}")
     if factor < 2:
         raise MgtoolError(f"--factor must be at least 2, got {factor}")
     if out is not None:
@@ -201,14 +222,19 @@ def grow(
     net, _ = load_checkpoint(src)
     spec = meta_in.arch
     diff = scale = None
-    if method == "random":
+    if handles(spec) and method == "random":
+        wide = grow_vit_random(net, spec, factor, seed)
+    elif method == "random":
         wide = grow_random(net, spec, factor, seed)
     else:
-        wide, _ = grow_net2net(net, spec, factor, seed)
+        if handles(spec):
+            wide, _ = grow_vit_preserving(net, spec, factor, method=method, seed=seed, noise=noise)
+        else:
+            wide, _ = grow_net2net(net, spec, factor, seed, clone=method == "clone", noise=noise)
         diff, scale = logit_difference(net, wide, spec)
         if not diff <= RELATIVE_TOLERANCE * scale:
             raise MgtoolError(
-                f"net2net changed the function by {diff:.3g} in the logits (scale "
+                f"{method} changed the function by {diff:.3g} in the logits (scale "
                 f"{scale:.3g}, tolerance {RELATIVE_TOLERANCE:g} relative); nothing written"
             )
     parent = Parent(str(src), sha256_file(src), "input", meta_in.flops.training)

@@ -18,7 +18,26 @@ TINY_SPECS = {
     "resnet50": ArchSpec("resnet50", 0.0625, 7, 3, {}),
     "tiny-cnn": ArchSpec("tiny-cnn", 1.0, 5, 3, {}),
     "tiny-mlp": ArchSpec("tiny-mlp", 1.0, 4, 1, {}),
+    "vit": ArchSpec("vit", 0.5, 5, 3, {"embed_dim": 32, "depth": 2, "num_heads": 4, "img_size": 16}),
 }
+
+
+# Family-parametrised tests that do not apply to a family (yet), with the reason. An xfail is
+# strict: when the feature lands the test passes, fails as XPASS, and its entry goes.
+NOT_APPLICABLE = {
+    "test_fuse.py::test_zero_init_fusion_computes_the_sum_of_the_logits[vit]": pytest.mark.xfail(
+        strict=True, reason="fuse does not tile ViTs yet (qkv head by head, cls_token/pos_embed "
+        "concatenation: issue 14 item 3, NOTES-vit.md); fuse refuses cls_token today"),
+    "test_grow.py::test_net2net_preserves_the_function[vit]": pytest.mark.skip(
+        reason="ViTs widen by grow_vit's named rules, not by channel-space tracing (tested in test_vit.py)"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        mark = NOT_APPLICABLE.get(f"{item.path.name}::{item.name}")
+        if mark is not None:
+            item.add_marker(mark)
 
 
 def randomised_plain(spec: ArchSpec, seed: int = 0) -> torch.nn.Module:

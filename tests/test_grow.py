@@ -160,8 +160,8 @@ def test_grow_refuses_to_write_a_net2net_that_changed_the_function(plain_file, t
 
     real = gb.grow_net2net
 
-    def broken(net, spec, factor, seed=0):
-        wide, maps = real(net, spec, factor, seed)
+    def broken(net, spec, factor, seed=0, **options):
+        wide, maps = real(net, spec, factor, seed, **options)
         return _renormalised_after_the_copy(wide, net, maps), maps
 
     monkeypatch.setattr(gb, "grow_net2net", broken)

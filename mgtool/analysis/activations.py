@@ -9,6 +9,7 @@ et al. and the paper's Fig. 5:
 * ``wrn``: ``stem`` and every residual block's output (``stages.<s>.<b>``).
 * ``resnet18/34/50/101``: the stem's output ``act1`` and every residual block's output
   (``layer<s>.<b>``).
+* ``vit``: every transformer block's output (``blocks.<i>``, all tokens).
 * ``tiny-cnn``, ``tiny-mlp`` and any other family: the outputs of every mixable layer
   (Conv2d/Linear) except the classifier.
 
@@ -53,6 +54,8 @@ def default_layers(model: nn.Module, family: str) -> list[str]:
         from mgtool.archs.wrn import WideBlock
 
         return ["stem"] + [n for n, m in net.named_modules() if isinstance(m, WideBlock)]
+    if family == "vit":
+        return [n for n, _ in net.named_modules() if re.fullmatch(r"blocks\.\d+", n)]
     if family.startswith("resnet"):
         blocks = re.compile(r"layer\d+\.\d+\Z")
         return ["act1"] + [n for n, _ in net.named_modules() if blocks.match(n)]

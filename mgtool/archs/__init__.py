@@ -1,4 +1,4 @@
-"""Architecture families (WRN, timm ResNets, tiny test nets) and their registry."""
+"""Architecture families (WRN, timm ResNets and ViTs, tiny test nets) and their registry."""
 
 from mgtool.archs.registry import (
     Family,

@@ -56,7 +56,7 @@ def family_names() -> list[str]:
 
 def _ensure_loaded() -> None:
     # Importing the family modules registers them; done lazily to keep imports cheap.
-    from mgtool.archs import timm_resnet, tiny, wrn  # noqa: F401
+    from mgtool.archs import timm_resnet, tiny, vit, wrn  # noqa: F401
 
 
 def resolve_spec(spec: ArchSpec) -> ArchSpec:

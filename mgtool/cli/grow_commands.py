@@ -1,4 +1,4 @@
-"""``fuse`` (MixtureGrowth) and ``grow`` (the Random and Net2Net baselines)."""
+"""``fuse`` (MixtureGrowth) and ``grow`` (the Random, Net2Net and clone baselines)."""
 
 from __future__ import annotations
 
@@ -68,19 +68,26 @@ def fuse_cmd(
 def grow_cmd(
     src: Annotated[Path, typer.Argument(help="Plain checkpoint (e.g. from `mgtool export`).", show_default=False)],
     output: OutOpt,
-    method: Annotated[str, typer.Option(help="random (new weights from the family's init) or net2net.")],
+    method: Annotated[
+        str, typer.Option(help="random (new weights from the family's init), net2net or clone (HyperCloning).")
+    ],
     factor: Annotated[int, typer.Option(help="Growth factor g.")] = 2,
     seed: SeedOpt = 0,
+    noise: Annotated[
+        float,
+        typer.Option(help="net2net/clone symmetry breaking: noise RMS / weight RMS (SNR 1/noise^2), "
+                     "zero-sum over copies so the function is kept."),
+    ] = 0.0,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Widen a plain checkpoint with a baseline: Random or Net2Net (function-preserving).
+    """Widen a plain checkpoint: Random, or Net2Net / clone (both function-preserving).
 
     Example: mgtool grow small.plain.safetensors --method net2net -o wide.plain.safetensors
     """
     from mgtool.grow_baselines import grow
 
-    result = grow(src, output, method=method, factor=factor, seed=seed, force=force)
+    result = grow(src, output, method=method, factor=factor, seed=seed, noise=noise, force=force)
     d = result.to_dict()
     note = ""
     if "verify" in d:
