@@ -9,6 +9,7 @@ from mgtool.archs.registry import (
     input_size,
     register_family,
     resolve_spec,
+    tiny_spec,
 )
 from mgtool.archs.spec import ArchSpec
 
@@ -22,4 +23,5 @@ __all__ = [
     "input_size",
     "register_family",
     "resolve_spec",
+    "tiny_spec",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -20,6 +20,8 @@ class Family:
     options: the family options and their defaults (unknown options are refused).
     grow: spec, g -> the same family with every hidden dimension multiplied by g.
     input_size: default (H, W) for FLOPs counting and verification batches.
+    tiny: the smallest instance that exercises the family (``width``, ``num_classes``,
+    ``in_chans``, ``options``): the tests are generated from it for every registered family.
     """
 
     name: str
@@ -28,6 +30,7 @@ class Family:
     grow: Callable[[ArchSpec, int], ArchSpec]
     input_size: Callable[[ArchSpec], tuple[int, int]]
     summary: str
+    tiny: dict[str, Any] = field(default_factory=lambda: {"width": 1.0})
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -57,6 +60,13 @@ def family_names() -> list[str]:
 def _ensure_loaded() -> None:
     # Importing the family modules registers them; done lazily to keep imports cheap.
     from mgtool.archs import timm_resnet, tiny, vit, wrn  # noqa: F401
+
+
+def tiny_spec(name: str) -> ArchSpec:
+    """The family's tiny instance (see ``Family.tiny``), for tests and smoke runs."""
+    t = get_family(name).tiny
+    return resolve_spec(ArchSpec(name, float(t["width"]), int(t.get("num_classes", 7)), int(t.get("in_chans", 3)),
+                                 dict(t.get("options", {}))))
 
 
 def resolve_spec(spec: ArchSpec) -> ArchSpec:

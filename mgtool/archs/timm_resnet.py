@@ -87,5 +87,6 @@ for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
             input_size=lambda spec: (224, 224),
             summary=f"timm {_name}; width multiplies every channel count, stem included (1.0 = timm's "
             "model); stem=timm keeps timm's 64-channel stem at every width (cannot be fused)",
+            tiny={"width": 0.0625, "num_classes": 7},
         )
     )

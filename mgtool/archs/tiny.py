@@ -60,6 +60,7 @@ register_family(
         grow=_grow,
         input_size=lambda spec: (16, 16),
         summary="3-conv CNN with 8*width channels, for tests",
+        tiny={"width": 1.0, "num_classes": 5},
     )
 )
 register_family(
@@ -70,5 +71,6 @@ register_family(
         grow=_grow,
         input_size=lambda spec: (int(spec.options["image_size"]),) * 2,
         summary="4-layer MLP with 16*width hidden units, for tests",
+        tiny={"width": 1.0, "num_classes": 4, "in_chans": 1},
     )
 )

@@ -96,5 +96,7 @@ register_family(
         input_size=lambda spec: (int(spec.options["img_size"]),) * 2,
         summary="timm VisionTransformer (class token, learned pos_embed); width multiplies embed_dim, "
         "num_heads (head_dim kept) and the MLP; defaults: patch 4 on 32x32, dim 64, depth 4, 2 heads",
+        tiny={"width": 0.5, "num_classes": 5,
+              "options": {"embed_dim": 32, "depth": 2, "num_heads": 4, "img_size": 16}},
     )
 )
