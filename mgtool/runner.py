@@ -142,6 +142,7 @@ class Ledger:
             kept = {k: v for k, v in stages.items() if isinstance(v, dict) and isinstance(v.get("output"), str)}
             self.data["stages"] = kept
             self.data["files"] = {v["output"]: None for v in kept.values()}
+        self._save()
         self.log(f"{self.path.name}: replaced (--force)")
 
     def _remove_stale_tmp(self) -> None:
