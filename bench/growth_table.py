@@ -122,7 +122,7 @@ def arms_for(base: dict[str, Any], parts: list[str], seeds: list[int], budget: f
 
     def add(key: str, seed: int, b: float | None, recipe: dict[str, Any]) -> None:
         arm_id = Arm(key, seed, b, {}).id
-        needs = None if key in BUDGET_FREE else f"small-tm-s{seed}"
+        needs = f"small-tm-s{seed}" if "net1" in recipe else None
         wanted.setdefault(arm_id, Arm(key, seed, b, {**recipe, "name": arm_id}, needs))
 
     for seed in seeds:
