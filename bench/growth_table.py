@@ -20,7 +20,8 @@ takes data, architecture, runtime, evaluation, the reference schedule and the tr
 settings from a recipe instead (the tests use recipes/synthetic-smoke.yaml).
 
 Arms: large, small (plain, from scratch), small-tm (template mixing, from scratch: it is net 1
-of every growth arm), large-match and small-match (plain, trained to the budget), random and
+of every growth arm), net2 (the same, seeded 1000 + seed: net 2 of every growth arm at growth
+point 1, trained once per seed), large-match and small-match (plain, trained to the budget), random and
 net2net (baselines), mg-nofusion, mg-<init> (MixtureGrowth, growth point 1) and
 mg-orthogonal-p<point> (Table 2: net 2 stopped at that fraction of its schedule).
 """
@@ -48,7 +49,8 @@ from mgtool.recipe import recipe_from_dict  # noqa: E402
 from mgtool.runner import FolderBusy, digest  # noqa: E402
 
 SWEEP = "growth_table"
-BUDGET_FREE = ("large", "small", "small-tm")
+BUDGET_FREE = ("large", "small", "small-tm", "net2")
+NET2_SEED = 1000  # net 2 of seed s is seeded 1000 + s (net 1: s)
 GROWTH_POINTS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TABLE4_INITS = ("orthogonal", "random", "copy", "zero")
 TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -72,7 +74,8 @@ class Arm:
     seed: int
     budget: float | None  # None: the arm does not depend on the budget
     recipe: dict[str, Any]
-    needs: str | None = None  # the arm id whose net is this arm's net 1
+    needs: tuple[str, ...] = ()  # the arms whose nets this arm grows (net 1, and net 2 when trained once)
+    setting: str = ""  # sha256 of the base recipe's data, architecture, schedule and evaluation
 
     @property
     def id(self) -> str:
@@ -106,27 +109,36 @@ def arms_for(base: dict[str, Any], parts: list[str], seeds: list[int], budget: f
     train = {**base["finetune"]["train"], "epochs": epochs}
     common = {k: v for k, v in base.items() if k not in ("net1", "net2", "fuse", "finetune", "scratch", "method")}
     common["reference"] = {**base["reference"], "train_match": False}
+    setting = digest({k: v for k, v in {**common, "data": {**common["data"], "dir": None}}.items()
+                      if k not in ("name", "description", "runtime")})
 
     def scratch(size: str, kind: str, seed: int, flops: float | None) -> dict[str, Any]:
         return {**common, "scratch": {"train": train, "size": size, "kind": kind, "flops_norm": flops, "seed": seed}}
 
-    def grown(seed: int, b: float, **kw: Any) -> dict[str, Any]:
+    def grown(seed: int, b: float, *, method: str = "mixturegrowth", init: str = "orthogonal",
+              fusion: bool = True, point: float = 1.0) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """A growth arm; net 2 at growth point 1 is the ``net2`` arm's net, trained once per seed."""
         net1 = out / f"small-tm-s{seed}" / "scratch.safetensors"
-        recipe = {**common, "net1": {"checkpoint": str(net1), "seed": seed},
-                  "net2": {"train": train, "growth_point": kw.pop("point", 1.0), "seed": 1000 + seed},
-                  "fuse": {"init": kw.pop("init", "orthogonal"), "fusion": kw.pop("fusion", True), "seed": seed},
+        recipe = {**common, "method": method, "net1": {"checkpoint": str(net1), "seed": seed},
+                  "fuse": {"init": init, "fusion": fusion, "seed": seed},
                   "finetune": {"train": train, "seed": seed, "flops_norm": b}}
-        return {**recipe, **kw}
+        needs = (f"small-tm-s{seed}",)
+        if method == "mixturegrowth" and fusion and point == 1.0:
+            recipe["net2"] = {"checkpoint": str(out / f"net2-s{seed}" / "scratch.safetensors")}
+            needs += (f"net2-s{seed}",)
+        elif method == "mixturegrowth" and fusion:
+            recipe["net2"] = {"train": train, "growth_point": point, "seed": NET2_SEED + seed}
+        return recipe, needs
 
     wanted: dict[str, Arm] = {}
 
-    def add(key: str, seed: int, b: float | None, recipe: dict[str, Any]) -> None:
+    def add(key: str, seed: int, b: float | None, recipe: dict[str, Any], needs: tuple[str, ...] = ()) -> None:
         arm_id = Arm(key, seed, b, {}).id
-        needs = f"small-tm-s{seed}" if "net1" in recipe else None
-        wanted.setdefault(arm_id, Arm(key, seed, b, {**recipe, "name": arm_id}, needs))
+        wanted.setdefault(arm_id, Arm(key, seed, b, {**recipe, "name": arm_id}, needs, setting))
 
     for seed in seeds:
         add("small-tm", seed, None, scratch("small", "template-mixing", seed, None))
+        add("net2", seed, None, scratch("small", "template-mixing", NET2_SEED + seed, None))
         for part in parts:
             table, part_budgets = ("table1", sweep_budgets) if part == "sweep" else (part, [budget])
             for b in part_budgets:
@@ -136,14 +148,14 @@ def arms_for(base: dict[str, Any], parts: list[str], seeds: list[int], budget: f
                     elif key in ("large-match", "small-match"):
                         add(key, seed, b, scratch(key.split("-")[0], "plain", seed, b))
                     elif key in ("random", "net2net"):
-                        add(key, seed, b, grown(seed, b, method=key))
+                        add(key, seed, b, *grown(seed, b, method=key))
                     elif key == "mg-nofusion":
-                        add(key, seed, b, grown(seed, b, fusion=False))
+                        add(key, seed, b, *grown(seed, b, fusion=False))
                     elif key.startswith("mg-orthogonal-p"):
-                        add(key, seed, b, grown(seed, b, point=float(key.removeprefix("mg-orthogonal-p"))))
+                        add(key, seed, b, *grown(seed, b, point=float(key.removeprefix("mg-orthogonal-p"))))
                     elif key.startswith("mg-"):
-                        add(key, seed, b, grown(seed, b, init=key.removeprefix("mg-")))
-    return sorted(wanted.values(), key=lambda a: (a.needs is not None, a.seed, a.id))
+                        add(key, seed, b, *grown(seed, b, init=key.removeprefix("mg-")))
+    return sorted(wanted.values(), key=lambda a: (bool(a.needs), a.seed, a.id))
 
 
 # ---------------------------------------------------------------------- running
@@ -156,7 +168,7 @@ def machine() -> str:
     return f"{platform.machine()} {platform.processor() or platform.system()}, {torch.get_num_threads()} threads{gpu}"
 
 
-def result_of(arm: Arm, summary: dict[str, Any], command: str, wall_s: float) -> dict[str, Any]:
+def result_of(arm: Arm, summary: dict[str, Any], command: str, wall_s: float, sweep: str) -> dict[str, Any]:
     import torch
 
     rows = {r["stage"]: r for r in summary["rows"]}
@@ -169,7 +181,8 @@ def result_of(arm: Arm, summary: dict[str, Any], command: str, wall_s: float) ->
         for x in lines:  # FLOPs Norm after each epoch: the final charge less what was still to come
             norm = (last["flops_charged"] - (end - x["training_flops"])) / summary["reference_flops"]
             curve.append({"epoch": x["epoch"], "flops_norm": norm, "test_top1": x["test_top1"]})
-    return {"sweep": SWEEP, "arm": arm.key, "id": arm.id, "seed": arm.seed, "budget": arm.budget,
+    return {"sweep": sweep, "setting_sha256": arm.setting, "arm": arm.key, "id": arm.id, "seed": arm.seed,
+            "budget": arm.budget,
             "recipe_sha256": digest(arm.recipe), "recipe": arm.recipe,
             "top1": last["top1"], "flops_norm": last["flops_norm"], "reference_flops": summary["reference_flops"],
             "at_growth_top1": rows["grown"]["top1"] if "grown" in rows else None,
@@ -178,7 +191,7 @@ def result_of(arm: Arm, summary: dict[str, Any], command: str, wall_s: float) ->
             "wall_s": wall_s}
 
 
-def run_arms(arms: list[Arm], out: Path, results: Path, command: str) -> int:
+def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str = SWEEP) -> int:
     """Run every arm not yet in ``results``; arms another worker holds are retried until it is done."""
     from mgtool.pipeline import run_pipeline
 
@@ -190,7 +203,7 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str) -> int:
             path = results / f"{arm.id}.json"
             if path.exists() and json.loads(path.read_text()).get("recipe_sha256") == digest(arm.recipe):
                 continue
-            if arm.needs and not (results / f"{arm.needs}.json").exists():
+            if any(not (results / f"{n}.json").exists() for n in arm.needs):
                 left.append(arm)
                 continue
             log(f"{arm.id}: running")
@@ -201,12 +214,13 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str) -> int:
                 left.append(arm)
                 busy = True
                 continue
-            result = result_of(arm, summary.to_dict(), command, time.perf_counter() - t0)
+            result = result_of(arm, summary.to_dict(), command, time.perf_counter() - t0, sweep)
             text = json.dumps(result, indent=1, sort_keys=True) + "\n"
             atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
             log(f"{arm.id}: top-1 {result['top1']:.4f}, FLOPs Norm {result['flops_norm']:.3f}X")
         if len(left) == len(pending) and not busy:
-            raise MgtoolError(f"{left[0].id}: its net 1 ({left[0].needs}) has no result and is not running")
+            raise MgtoolError(f"{left[0].id}: an arm it grows ({', '.join(left[0].needs)}) has no result "
+                              "and is not running")
         if left and busy:
             time.sleep(10)  # another worker holds an arm: wait for it
         pending = left
@@ -217,11 +231,17 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str) -> int:
 
 
 def load_results(results: Path) -> dict[tuple[str, float | None], list[dict[str, Any]]]:
+    """The result files of one sweep (one setting), by (arm, budget), each list in seed order."""
     grouped: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
+    settings = set()
     for path in sorted(results.glob("*.json")):
         r = json.loads(path.read_text())
-        if r.get("sweep") == SWEEP:
+        if isinstance(r, dict) and "arm" in r:
+            settings.add(r.get("setting_sha256"))
             grouped.setdefault((r["arm"], r["budget"]), []).append(r)
+    if len(settings) > 1:
+        raise MgtoolError(f"{results}: result files of {len(settings)} different settings; keep one sweep "
+                          "(one setting) per results folder (--name)")
     for rows in grouped.values():
         rows.sort(key=lambda r: r["seed"])
     return grouped
@@ -311,7 +331,7 @@ def plots(grouped: dict, budgets: list[float], folder: Path) -> list[Path]:
 def report(results: Path, budget: float, sweep_budgets: list[float]) -> str:
     grouped = load_results(results)
     if not grouped:
-        raise MgtoolError(f"{results}: no result files of the {SWEEP} sweep")
+        raise MgtoolError(f"{results}: no result files of a growth-table sweep")
     texts = [f"### {part}\n\n{table_markdown(part, grouped, budget)}\n" for part in ("table1", "table4", "table2")]
     budgets = sorted({budget, *sweep_budgets})
     texts.append(f"### sweep (Table 1 methods at several budgets)\n\n{sweep_markdown(grouped, budgets)}\n")
@@ -326,9 +346,10 @@ def report(results: Path, budget: float, sweep_budgets: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / SWEEP, help="Folder of the arms' run folders.")
-    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / SWEEP,
-                   help="Folder of the result files (one JSON per finished arm), tables.md and the plots.")
+    p.add_argument("--name", default=SWEEP, help="The sweep's name: one setting, one results folder.")
+    p.add_argument("--out", type=Path, default=None, help="Folder of the arms' run folders. [default: runs/NAME]")
+    p.add_argument("--results", type=Path, default=None, help="Folder of the result files (one JSON per finished "
+                   "arm), tables.md and the plots. [default: bench/results/NAME]")
     p.add_argument("--base", type=Path, default=None,
                    help="Base recipe YAML (data, arch, runtime, eval, reference, finetune.train); "
                    "default: the setting of the options below.")
@@ -350,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     args = p.parse_args(argv)
     sweep_budgets = [float(b) for b in args.sweep_budgets.split(",") if b.strip()]
+    args.out = args.out or ROOT / "runs" / args.name
+    args.results = args.results or ROOT / "bench" / "results" / args.name
     try:
         if args.report:
             print(report(args.results, args.budget, sweep_budgets))
@@ -361,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe_from_dict(arm.recipe).validate()
         command = " ".join(["python bench/growth_table.py", *(argv if argv is not None else sys.argv[1:])])
         log(f"{len(arms)} arms; results in {args.results}")
-        run_arms(arms, args.out.resolve(), args.results, command)
+        run_arms(arms, args.out.resolve(), args.results, command, args.name)
         print(report(args.results, args.budget, sweep_budgets))
     except MgtoolError as e:
         print(f"error: {e}", file=sys.stderr)

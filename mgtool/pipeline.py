@@ -40,7 +40,7 @@ from mgtool.runner import Ledger, Stage, StageOutcome
 from mgtool.scratch import train_plain
 from mgtool.subset import write_idx_subset
 from mgtool.train import Runtime, TrainConfig, evaluate_checkpoint, finetune, train_config, train_small
-from mgtool.train.api import like_seed
+from mgtool.train.api import like_seed, require_small_template_mixing
 from mgtool.train.paths import run_paths
 
 STATE_FILE = "pipeline.json"
@@ -142,7 +142,7 @@ class Pipeline:
                 except MgtoolError as e:
                     raise MgtoolError(f"recipe {key}: {e}") from None
         if r.scratch is None and r.method == "mixturegrowth" and r.fuse.fusion and r.net2.train is None \
-                and r.net1.train is None:
+                and r.net1.train is None and r.net2.checkpoint is None:
             raise MgtoolError("recipe net2.train: required when net 1 is given as a checkpoint "
                               "(there is no net 1 schedule to copy)")
 
@@ -191,6 +191,13 @@ class Pipeline:
 
     def net2(self, net1: Path) -> Path:
         n2 = self.r.net2
+        if n2.checkpoint is not None:  # trained elsewhere (e.g. once for several sweep arms)
+            src = Path(n2.checkpoint)
+            if not src.exists():
+                raise MgtoolError(f"recipe net2.checkpoint: {src} does not exist")
+            require_small_template_mixing(read_meta(src), src, "net2.checkpoint")
+            self.outcomes.append(StageOutcome("net2", src, "given"))
+            return src
         section = n2.train or self.r.net1.train
         if section is None:
             raise MgtoolError("recipe net2.train: required when net 1 is given as a checkpoint "
@@ -419,7 +426,8 @@ def _rows(p: Pipeline, checkpoints: dict[str, Path], results: dict[str, Any],
     s = recipe.scratch
     labels = {
         "net1": "net 1 (given)" if recipe.net1 and recipe.net1.checkpoint else "net 1 (trained, given)",
-        "net2": f"net 2 (growth point {recipe.net2.growth_point:g})",
+        "net2": "net 2 (given, charged)" if recipe.net2.checkpoint else
+                f"net 2 (growth point {recipe.net2.growth_point:g})",
         "grown": grown if recipe.method == "mixturegrowth" else f"grown ({recipe.method}), at growth",
         "final": "grown + fine-tuned",
         "match": "large, same FLOPs",

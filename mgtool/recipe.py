@@ -81,6 +81,9 @@ class Net2Section:
     train: TrainSection | None = None  # None: net 1's schedule
     growth_point: float = 1.0  # fraction of net 2's schedule trained before growing (Table 2)
     seed: int | None = None  # None: net 1's + 1
+    # A net 2 trained elsewhere (small, template-mixing, net 1's plan): fused as is, and
+    # charged (unlike net 1); then train, growth_point and seed are not given.
+    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)

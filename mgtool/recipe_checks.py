@@ -99,6 +99,8 @@ def validate_recipe(r: Any) -> None:
             raise MgtoolError("recipe net1: give exactly one of checkpoint (a given net 1) or train (train it here)")
         if r.net1.train is not None:
             check_train("net1.train", r.net1.train)
+    if r.net2.checkpoint is not None and (r.net2.train, r.net2.growth_point, r.net2.seed) != (None, 1.0, None):
+        raise MgtoolError("recipe net2: a given checkpoint is fused as is; remove train, growth_point and seed")
     if r.net2.train is not None:
         check_train("net2.train", r.net2.train)
     _at("net2.growth_point", check_range, r.net2.growth_point, low=0.0, high=1.0, low_open=True)

@@ -169,3 +169,10 @@ def test_run_cli_refuses_a_bad_name_before_writing(tmp_path: Path, monkeypatch: 
     result = runner.invoke(app, ["run", str(SMOKE), "--set", "name=../escaped"])
     assert result.exit_code == 1 and "name must be a plain folder name" in result.stderr
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_given_net2_takes_no_training_settings() -> None:
+    r = recipe_from_dict(smoke_dict(), ["net2.checkpoint=n2.safetensors"])
+    assert r.net2.checkpoint == "n2.safetensors"
+    with pytest.raises(MgtoolError, match="net2: a given checkpoint is fused as is"):
+        recipe_from_dict(smoke_dict(), ["net2.checkpoint=n2.safetensors", "net2.growth_point=0.5"])

@@ -15,7 +15,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "synthetic-smoke.yaml"
-RUN = ("small-tm", "large", "large-match", "random", "net2net", "mg-nofusion", "mg-orthogonal", "mg-orthogonal-p0.5")
+RUN = ("small-tm", "net2", "large", "large-match", "random", "net2net", "mg-nofusion", "mg-orthogonal",
+       "mg-orthogonal-p0.5")
 
 
 def load_sweep():
@@ -52,7 +53,10 @@ def test_every_table_row_is_an_arm_with_a_valid_recipe(sweep) -> None:
         recipe = recipe_from_dict(arm.recipe)
         assert recipe.name == arm.id
         if arm.needs:
-            assert recipe.net1.checkpoint.endswith(f"{arm.needs}/scratch.safetensors")
+            assert recipe.net1.checkpoint.endswith(f"{arm.needs[0]}/scratch.safetensors")
+        if arm.key in ("mg-orthogonal", "mg-copy"):
+            assert arm.needs == ("small-tm-s0", "net2-s0")
+            assert recipe.net2.checkpoint.endswith("net2-s0/scratch.safetensors")
 
 
 def test_each_finished_arm_writes_one_result_file(sweep) -> None:
@@ -74,6 +78,13 @@ def test_each_finished_arm_writes_one_result_file(sweep) -> None:
         assert res["flops_norm"] > 0 and res["at_growth_top1"] is not None
     half = json.loads((results / "mg-orthogonal-p0.5-b0.45-s0.json").read_text())
     assert half["recipe"]["net2"]["growth_point"] == 0.5
+    # net 2 at growth point 1 is the net2 arm's net: fused as given, and charged
+    summary = json.loads((root / "runs" / "mg-orthogonal-b0.45-s0" / "summary.json").read_text())
+    rows = {row["stage"]: row for row in summary["rows"]}
+    net2 = json.loads((results / "net2-s0.json").read_text())
+    assert rows["net2"]["checkpoint"].endswith("net2-s0/scratch.safetensors")
+    torch.testing.assert_close(rows["net2"]["flops_norm"], net2["flops_norm"], rtol=1e-12, atol=0)
+    assert rows["grown"]["flops_charged"] == rows["net2"]["flops_charged"] > 0
 
 
 def test_rerun_runs_nothing(sweep) -> None:
@@ -104,3 +115,13 @@ def test_report_without_results_fails_in_one_line(tmp_path: Path, capsys: pytest
     gt = load_sweep()
     assert gt.main(["--report", "--results", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith(f"error: {tmp_path}: no result files")
+
+
+def test_report_refuses_results_of_two_settings(sweep, tmp_path: Path) -> None:
+    gt, root, _, _ = sweep
+    for p in (root / "results").glob("*.json"):
+        shutil.copy(p, tmp_path / p.name)
+    other = json.loads((tmp_path / "large-s0.json").read_text())
+    (tmp_path / "large-s1.json").write_text(json.dumps({**other, "seed": 1, "setting_sha256": "another"}))
+    with pytest.raises(gt.MgtoolError, match="2 different settings"):
+        gt.report(tmp_path, 0.45, [])
