@@ -42,6 +42,7 @@ from mgtool.subset import write_idx_subset
 from mgtool.train import Runtime, TrainConfig, evaluate_checkpoint, finetune, train_config, train_small
 from mgtool.train.api import like_seed, require_small_template_mixing
 from mgtool.train.paths import run_paths
+from mgtool.train.schedule import make_schedule
 
 STATE_FILE = "pipeline.json"
 SUMMARY_FILE = "summary.json"
@@ -107,14 +108,20 @@ class Pipeline:
         d = r.data
         source = data_config(d.name, d.dir, d.options, d.download)
         self.data = source  # until prepare_data: the training settings' data set defaults
-        grow_spec(self.small_spec(), r.fuse.factor)
+        small = self.small_spec()
+        with torch.device("meta"):  # the family checks its options when it builds (no memory used)
+            build_plain(small)
+            build_plain(resolve_spec(grow_spec(small, r.fuse.factor)))
         sections = [(r.net1.train if r.net1 else None, "net1.train"), (r.net2.train, "net2.train"),
                     (r.finetune.train if r.finetune else None, "finetune.train"),
                     (r.scratch.train if r.scratch else None, "scratch.train")]
         for section, key in sections:
             if section is not None:
                 try:
-                    self._train(section, 0).validate()
+                    t = self._train(section, 0)
+                    t.validate()
+                    make_schedule(t.schedule, t.lr, t.epochs, 1, warmup_epochs=t.warmup_epochs,
+                                  milestones=t.milestones)
                 except MgtoolError as e:
                     raise MgtoolError(f"recipe {key}: {e}") from None
         if r.scratch is None and r.method == "mixturegrowth" and r.fuse.fusion and r.net2.train is None \

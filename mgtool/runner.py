@@ -108,6 +108,8 @@ class Ledger:
     # ------------------------------------------------------------------ open / close
 
     def __enter__(self) -> Ledger:
+        if self.dir.exists() and not self.dir.is_dir():
+            raise MgtoolError(f"{self.dir}: is a file; give a folder for the stages' files")
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = hold_lock(self.dir / f".{self.path.name}.lock", str(self.dir))
         self._lock.__enter__()

@@ -219,6 +219,10 @@ def test_arch_options_are_checked_before_the_first_stage(tmp_path: Path) -> None
     from mgtool.recipe import load_recipe
 
     recipe = load_recipe(SMOKE, ["arch.name=wrn", "arch.options={depth: 11}"])
-    with pytest.raises(MgtoolError):
+    with pytest.raises(MgtoolError, match="depth must be"):
         run_pipeline(recipe, tmp_path / "run", quiet=True)
-    assert not (tmp_path / "run" / "net1.safetensors").exists()
+    assert not (tmp_path / "run" / "pipeline.json").exists()  # no stage started
+    recipe = load_recipe(SMOKE, ["finetune.train.warmup_epochs=0.5", "finetune.train.schedule=step"])
+    with pytest.raises(MgtoolError, match="finetune.train"):
+        run_pipeline(recipe, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "pipeline.json").exists()

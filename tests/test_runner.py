@@ -96,6 +96,12 @@ def test_a_foreign_or_corrupt_ledger_is_not_adopted_without_force(tmp_path: Path
         pass
 
 
+def test_a_file_is_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("x")
+    with pytest.raises(MgtoolError, match="is a file"), Ledger(tmp_path / "run"):
+        pass
+
+
 def test_one_process_per_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with Ledger(out), pytest.raises(FolderBusy, match=f"pid {os.getpid()}"), Ledger(out):
