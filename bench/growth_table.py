@@ -11,7 +11,7 @@ first is not running. Each finished arm writes one small JSON file into the resu
 summary), top-1 at growth, the per-epoch curve, the command, machine, torch version and wall
 time. ``--report`` rebuilds tables.md and the plots from those files alone, byte for byte.
 
-Default setting (about 2 hours on 2 CPU cores): WRN-10 with BatchNorm before each block only,
+Default setting (sized for a 2-core CPU; not yet timed as a sweep): WRN-10 with BatchNorm before each block only,
 small = widen 0.5 with an 8-channel stem, large = its two-fold widening; a seeded 10,000-image
 training subset, 1,000 test images for the per-epoch curves, the full test set for every
 reported accuracy; the large net's full schedule is 10 epochs (cosine, lr 0.1, batch 128);
@@ -168,11 +168,18 @@ def machine() -> str:
     return f"{platform.machine()} {platform.processor() or platform.system()}, {torch.get_num_threads()} threads{gpu}"
 
 
-def result_of(arm: Arm, summary: dict[str, Any], command: str, wall_s: float, sweep: str) -> dict[str, Any]:
+def identity(arm: Arm) -> str:
+    """What the arm computes: its recipe without the runtime (device, threads), which changes nothing."""
+    return digest({k: v for k, v in arm.recipe.items() if k != "runtime"})
+
+
+def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> dict[str, Any]:
+    """The arm's result file. ``wall_s``: the time its stages took when they ran (from the ledger)."""
     import torch
 
     rows = {r["stage"]: r for r in summary["rows"]}
     last = rows.get("final") or rows["scratch"]
+    ledger = json.loads((Path(summary["out_dir"]) / "pipeline.json").read_text())
     curve = []
     metrics = Path(summary["out_dir"]) / f"{'scratch' if last['stage'] == 'scratch' else 'finetuned'}.metrics.jsonl"
     if metrics.exists():
@@ -183,12 +190,12 @@ def result_of(arm: Arm, summary: dict[str, Any], command: str, wall_s: float, sw
             curve.append({"epoch": x["epoch"], "flops_norm": norm, "test_top1": x["test_top1"]})
     return {"sweep": sweep, "setting_sha256": arm.setting, "arm": arm.key, "id": arm.id, "seed": arm.seed,
             "budget": arm.budget,
-            "recipe_sha256": digest(arm.recipe), "recipe": arm.recipe,
+            "recipe_sha256": identity(arm), "recipe": arm.recipe,
             "top1": last["top1"], "flops_norm": last["flops_norm"], "reference_flops": summary["reference_flops"],
             "at_growth_top1": rows["grown"]["top1"] if "grown" in rows else None,
             "arch": last["arch_full"], "data": summary["data"], "eval_test_set": summary["eval_test_set"],
             "curve": curve, "command": command, "machine": machine(), "torch": torch.__version__,
-            "wall_s": wall_s}
+            "wall_s": sum(e.get("wall_s", 0.0) for e in ledger["stages"].values())}
 
 
 def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str = SWEEP) -> int:
@@ -201,20 +208,19 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
         left, busy = [], False
         for arm in pending:
             path = results / f"{arm.id}.json"
-            if path.exists() and json.loads(path.read_text()).get("recipe_sha256") == digest(arm.recipe):
+            if path.exists() and json.loads(path.read_text()).get("recipe_sha256") == identity(arm):
                 continue
             if any(not (results / f"{n}.json").exists() for n in arm.needs):
                 left.append(arm)
                 continue
             log(f"{arm.id}: running")
-            t0 = time.perf_counter()
             try:
                 summary = run_pipeline(recipe_from_dict(arm.recipe), out / arm.id, command=command, quiet=True)
             except FolderBusy:
                 left.append(arm)
                 busy = True
                 continue
-            result = result_of(arm, summary.to_dict(), command, time.perf_counter() - t0, sweep)
+            result = result_of(arm, summary.to_dict(), command, sweep)
             text = json.dumps(result, indent=1, sort_keys=True) + "\n"
             atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
             log(f"{arm.id}: top-1 {result['top1']:.4f}, FLOPs Norm {result['flops_norm']:.3f}X")

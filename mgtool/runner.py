@@ -224,9 +224,11 @@ class Ledger:
         t0 = time.perf_counter()
         work(output, resume)
         wall = time.perf_counter() - t0
-        self.data["stages"][stage.name] = {"fingerprint": fp, "output": rel, "status": "done",
-                                           "sha256": sha256_file(output), "wall_s": wall}
-        self.record(*files)
+        sha = sha256_file(output)
+        self.data["stages"][stage.name] = {"fingerprint": fp, "output": rel, "status": "done", "sha256": sha,
+                                           "wall_s": wall}
+        self.data["files"][rel] = sha
+        self.record(*stage.files)
         return StageOutcome(stage.name, output, "resumed" if resume else "ran", wall)
 
 

@@ -92,6 +92,12 @@ def test_rerun_runs_nothing(sweep) -> None:
     before = {p.name: p.read_bytes() for p in (root / "results").glob("*.json")}
     gt.run_arms(chosen, root / "runs", root / "results", "pytest again")
     assert {p.name: p.read_bytes() for p in (root / "results").glob("*.json")} == before
+    # how it runs (threads, device) is not what it computes: still nothing to run
+    elsewhere = [gt.Arm(a.key, a.seed, a.budget, {**a.recipe, "runtime": {"device": "cpu", "threads": 2}},
+                        a.needs, a.setting) for a in chosen]
+    gt.run_arms(elsewhere, root / "runs", root / "results", "pytest, 2 threads")
+    assert {p.name: p.read_bytes() for p in (root / "results").glob("*.json")} == before
+    assert all(json.loads(b)["wall_s"] > 0 for b in before.values())
 
 
 def test_report_is_rebuilt_byte_for_byte_from_the_result_files_alone(sweep, tmp_path: Path) -> None:
