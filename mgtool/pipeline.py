@@ -124,6 +124,10 @@ class Pipeline:
                                   milestones=t.milestones)
                 except MgtoolError as e:
                     raise MgtoolError(f"recipe {key}: {e}") from None
+        given = [("net1.checkpoint", r.net1.checkpoint if r.net1 else None), ("net2.checkpoint", r.net2.checkpoint)]
+        for key, path in given:
+            if path is not None and not Path(path).is_file():
+                raise MgtoolError(f"recipe {key}: {path} does not exist")
         if r.scratch is None and r.method == "mixturegrowth" and r.fuse.fusion and r.net2.train is None \
                 and r.net1.train is None and r.net2.checkpoint is None:
             raise MgtoolError("recipe net2.train: required when net 1 is given as a checkpoint "

@@ -226,3 +226,11 @@ def test_arch_options_are_checked_before_the_first_stage(tmp_path: Path) -> None
     with pytest.raises(MgtoolError, match="finetune.train"):
         run_pipeline(recipe, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run" / "pipeline.json").exists()
+
+
+def test_a_missing_given_checkpoint_fails_before_the_first_stage(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(out), "-q", "--set",
+                                 f"net2.checkpoint={tmp_path / 'absent.safetensors'}"])
+    assert result.exit_code == 1 and "recipe net2.checkpoint" in result.stderr and "does not exist" in result.stderr
+    assert not (out / "pipeline.json").exists()
