@@ -1,66 +1,67 @@
-"""The paper's Tables 1, 2 and 4 and Fig. 3a, on real Fashion-MNIST, on a CPU.
+"""The paper's Tables 1, 2 and 4 and the budget sweep (Fig. 3a), as a sweep of recipes on mgtool's runner.
 
-    python bench/growth_table.py --only table1          # then table4, table2 (or nothing: all three)
-    python bench/growth_table.py --report               # tables from what has run so far
+    python bench/growth_table.py --only table1 --seeds 3      # run (resumable; several workers share the work)
+    python bench/growth_table.py --report                     # tables + plots from the result files alone
 
-Setting (default, sized for about 2 hours on 2 CPU cores; every figure is printed with it):
-WRN-10 with BatchNorm before each block only (``norm=block-input``, the paper's CIFAR
-setting), small = widen factor 0.5 with an 8-channel stem, large = widen 1 with a
-16-channel stem (exactly two small nets grown by g=2); a seeded random 10,000-image
-subset of the Fashion-MNIST training set, a 1,000-image subset of the test set for the
-per-epoch curves, the full 10,000-image test set for every reported accuracy. The large
-net's full schedule is 10 epochs (cosine, lr 0.1, batch 128); the small nets (net 1,
-net 2) train on the same 10-epoch schedule; growth methods get the paper's CIFAR budget
-of 0.45X. FLOPs are fvcore's (one per multiply-add, training = 3x forward), counted by
-the training engine; FLOPs Norm = FLOPs charged / the Large row's FLOPs, with net 1
-*given* (not charged) for every growth method, as in the paper. Budgets are met exactly:
-a run gets the next whole number of epochs and stops where its FLOPs run out.
+Every arm is one recipe (built here from a base recipe), run by ``mgtool.pipeline.run_pipeline``
+in its own folder OUT/<arm>; the runner skips what is done, resumes what was interrupted and
+locks the folder, so a second worker started with the same command takes the arms the
+first is not running. Each finished arm writes one small JSON file into the results folder
+(default bench/results/<sweep name>/): its recipe, top-1, FLOPs Norm (from the pipeline's
+summary), top-1 at growth, the per-epoch curve, the command, machine, torch version and wall
+time. ``--report`` rebuilds tables.md and the plots from those files alone, byte for byte.
 
-Each run (training, growth, evaluation) is cached under OUT/cache by a hash of its
-configuration, and training resumes from the engine's sidecar, so an interrupted part
-continues where it stopped. The caches are inputs to the tables, not results themselves.
+Default setting (sized for a 2-core CPU; not yet timed as a sweep): WRN-10 with BatchNorm before each block only,
+small = widen 0.5 with an 8-channel stem, large = its two-fold widening; a seeded 10,000-image
+training subset, 1,000 test images for the per-epoch curves, the full test set for every
+reported accuracy; the large net's full schedule is 10 epochs (cosine, lr 0.1, batch 128);
+growth methods get the paper's CIFAR budget of 0.45X, net 1 given. ``--base RECIPE.yaml``
+takes data, architecture, runtime, evaluation, the reference schedule and the training
+settings from a recipe instead (the tests use recipes/synthetic-smoke.yaml).
+
+Arms: large, small (plain, from scratch), small-tm (template mixing, from scratch: it is net 1
+of every growth arm), net2 (the same, seeded 1000 + seed: net 2 of every growth arm at growth
+point 1, trained once per seed), large-match and small-match (plain, trained to the budget), random and
+net2net (baselines), mg-nofusion, mg-<init> (MixtureGrowth, growth point 1) and
+mg-orthogonal-p<point> (Table 2: net 2 stopped at that fraction of its schedule).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
-import os
+import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mgtool.archs import ArchSpec, grow_spec, resolve_spec  # noqa: E402
-from mgtool.budget import epochs_for_flops, samples_per_epoch  # noqa: E402
-from mgtool.checkpoint import read_meta  # noqa: E402
-from mgtool.data import data_config  # noqa: E402
-from mgtool.export import export  # noqa: E402
-from mgtool.flops import flops_per_training_sample  # noqa: E402
-from mgtool.fuse import fuse  # noqa: E402
-from mgtool.grow_baselines import grow  # noqa: E402
-from mgtool.loading import load_checkpoint  # noqa: E402
-from mgtool.scratch import train_plain  # noqa: E402
-from mgtool.subset import write_idx_subset  # noqa: E402
-from mgtool.train import Runtime, evaluate_checkpoint, finetune, train_config, train_small  # noqa: E402
-from mgtool.train.paths import run_paths  # noqa: E402
+import yaml  # noqa: E402
 
-REFERENCE_BUDGET = 0.45  # net 1, net 2 and Large do not depend on the budget: always keyed at this one
-BUDGET_FREE = ("net1", "net2", "large")
-GROWTH_POINTS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-TABLE1 = ("Large", "Large Match", "Small", "Small Match", "Random", "Net2Net",
-          "MixtureGrowth w/o fusion", "MixtureGrowth (orthogonal)")
-TABLE4 = ("random", "copy", "orthogonal")
+from mgtool.checkpoint import atomic_write  # noqa: E402
+from mgtool.errors import MgtoolError  # noqa: E402
+from mgtool.recipe import recipe_from_dict  # noqa: E402
+from mgtool.runner import FolderBusy, digest  # noqa: E402
+
+SWEEP = "growth_table"
+BUDGET_FREE = ("large", "small", "small-tm", "net2")
+NET2_SEED = 1000  # net 2 of seed s is seeded 1000 + s (net 1: s)
+GROWTH_POINTS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+TABLE4_INITS = ("orthogonal", "random", "copy", "zero")
+TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "table1": ("Method", [("Large", "large"), ("Large Match", "large-match"), ("Small", "small"),
+                          ("Small Match", "small-match"), ("Small (template mixing)", "small-tm"),
+                          ("Random", "random"), ("Net2Net", "net2net"), ("MixtureGrowth w/o fusion", "mg-nofusion"),
+                          ("MixtureGrowth (orthogonal)", "mg-orthogonal")]),
+    "table4": ("Coefficient init", [(init, f"mg-{init}") for init in TABLE4_INITS]),
+    "table2": ("Net 2 training (growth point)", [("0.0 (w/o fusion)", "mg-nofusion")]
+               + [(f"{p:.1f}", f"mg-orthogonal-p{p:g}") for p in GROWTH_POINTS] + [("1.0", "mg-orthogonal")]),
+}
 
 
 def log(msg: str) -> None:
@@ -68,409 +69,305 @@ def log(msg: str) -> None:
 
 
 @dataclass(frozen=True)
-class Setting:
-    train_size: int
-    eval_size: int
-    test_size: int
-    epochs: int
-    budget: float
-    depth: int
-    small_width: float
-    batch_size: int
-    lr: float
-    data_dir: str | None
-    device: str
+class Arm:
+    key: str  # the table row's arm (see TABLES)
+    seed: int
+    budget: float | None  # None: the arm does not depend on the budget
+    recipe: dict[str, Any]
+    needs: tuple[str, ...] = ()  # the arms whose nets this arm grows (net 1, and net 2 when trained once)
+    setting: str = ""  # sha256 of the base recipe's data, architecture, schedule and evaluation
 
-    def key(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d.pop("device")  # where it runs does not change what is computed (up to numerics)
-        d.pop("data_dir")
-        return d
+    @property
+    def id(self) -> str:
+        return self.key + ("" if self.budget is None else f"-b{self.budget:g}") + f"-s{self.seed}"
 
 
-class _Lock:
-    """An exclusive lock file per run, so several workers (``--reverse``) share one cache.
+# ---------------------------------------------------------------------- arms as recipes
 
-    Entering yields True when this process holds it; False when another process held it
-    and the run's record appeared meanwhile (the caller then reads the record)."""
 
-    def __init__(self, path: Path):
-        self.path, self.held = path, False
+def default_base(args: argparse.Namespace) -> dict[str, Any]:
+    """The base recipe of the default setting (see the module docstring)."""
+    w = args.small_width
+    subset = {"train": args.train_size, "test": args.eval_size, "seed": 0}
+    return {
+        "name": SWEEP,
+        "data": {"name": "fashion-mnist", "dir": args.data_dir,
+                 **({"subset": subset} if args.train_size or args.eval_size else {})},
+        "arch": {"name": "wrn", "width": w,
+                 "options": {"depth": args.depth, "norm": "block-input", "stem_width": round(16 * w)}},
+        "finetune": {"train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}},
+        "reference": {"epochs": args.epochs},
+        "eval": {"test_set": "full"},
+        "runtime": {"device": args.device, "loader": "device", "threads": args.threads or None},
+    }
 
-    def __enter__(self) -> bool:
-        record = self.path.with_suffix(".json")
-        while True:
+
+def arms_for(base: dict[str, Any], parts: list[str], seeds: list[int], budget: float,
+             sweep_budgets: list[float], out: Path) -> list[Arm]:
+    """Every arm the parts need, each once, net 1's arm before the arms that grow it."""
+    epochs = base["reference"]["epochs"]
+    train = {**base["finetune"]["train"], "epochs": epochs}
+    common = {k: v for k, v in base.items() if k not in ("net1", "net2", "fuse", "finetune", "scratch", "method")}
+    common["reference"] = {**base["reference"], "train_match": False}
+    setting = digest({k: v for k, v in {**common, "data": {**common["data"], "dir": None}}.items()
+                      if k not in ("name", "description", "runtime")})
+
+    def scratch(size: str, kind: str, seed: int, flops: float | None) -> dict[str, Any]:
+        return {**common, "scratch": {"train": train, "size": size, "kind": kind, "flops_norm": flops, "seed": seed}}
+
+    def grown(seed: int, b: float, *, method: str = "mixturegrowth", init: str = "orthogonal",
+              fusion: bool = True, point: float = 1.0) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """A growth arm; net 2 at growth point 1 is the ``net2`` arm's net, trained once per seed."""
+        net1 = out / f"small-tm-s{seed}" / "scratch.safetensors"
+        recipe = {**common, "method": method, "net1": {"checkpoint": str(net1), "seed": seed},
+                  "fuse": {"init": init, "fusion": fusion, "seed": seed},
+                  "finetune": {"train": train, "seed": seed, "flops_norm": b}}
+        needs = (f"small-tm-s{seed}",)
+        if method == "mixturegrowth" and fusion and point == 1.0:
+            recipe["net2"] = {"checkpoint": str(out / f"net2-s{seed}" / "scratch.safetensors")}
+            needs += (f"net2-s{seed}",)
+        elif method == "mixturegrowth" and fusion:
+            recipe["net2"] = {"train": train, "growth_point": point, "seed": NET2_SEED + seed}
+        return recipe, needs
+
+    wanted: dict[str, Arm] = {}
+
+    def add(key: str, seed: int, b: float | None, recipe: dict[str, Any], needs: tuple[str, ...] = ()) -> None:
+        arm_id = Arm(key, seed, b, {}).id
+        wanted.setdefault(arm_id, Arm(key, seed, b, {**recipe, "name": arm_id}, needs, setting))
+
+    for seed in seeds:
+        add("small-tm", seed, None, scratch("small", "template-mixing", seed, None))
+        add("net2", seed, None, scratch("small", "template-mixing", NET2_SEED + seed, None))
+        for part in parts:
+            table, part_budgets = ("table1", sweep_budgets) if part == "sweep" else (part, [budget])
+            for b in part_budgets:
+                for _, key in TABLES[table][1]:
+                    if key in ("large", "small"):
+                        add(key, seed, None, scratch(key, "plain", seed, None))
+                    elif key in ("large-match", "small-match"):
+                        add(key, seed, b, scratch(key.split("-")[0], "plain", seed, b))
+                    elif key in ("random", "net2net"):
+                        add(key, seed, b, *grown(seed, b, method=key))
+                    elif key == "mg-nofusion":
+                        add(key, seed, b, *grown(seed, b, fusion=False))
+                    elif key.startswith("mg-orthogonal-p"):
+                        add(key, seed, b, *grown(seed, b, point=float(key.removeprefix("mg-orthogonal-p"))))
+                    elif key.startswith("mg-"):
+                        add(key, seed, b, *grown(seed, b, init=key.removeprefix("mg-")))
+    return sorted(wanted.values(), key=lambda a: (bool(a.needs), a.seed, a.id))
+
+
+# ---------------------------------------------------------------------- running
+
+
+def machine() -> str:
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()} {platform.processor() or platform.system()}, {torch.get_num_threads()} threads{gpu}"
+
+
+def identity(arm: Arm) -> str:
+    """What the arm computes: its recipe without the runtime (device, threads), which changes nothing."""
+    return digest({k: v for k, v in arm.recipe.items() if k != "runtime"})
+
+
+def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> dict[str, Any]:
+    """The arm's result file. ``wall_s``: the time its stages took when they ran (from the ledger)."""
+    import torch
+
+    rows = {r["stage"]: r for r in summary["rows"]}
+    last = rows.get("final") or rows["scratch"]
+    ledger = json.loads((Path(summary["out_dir"]) / "pipeline.json").read_text())
+    curve = []
+    metrics = Path(summary["out_dir"]) / f"{'scratch' if last['stage'] == 'scratch' else 'finetuned'}.metrics.jsonl"
+    if metrics.exists():
+        lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        end = lines[-1]["training_flops"] if lines else 0.0
+        for x in lines:  # FLOPs Norm after each epoch: the final charge less what was still to come
+            norm = (last["flops_charged"] - (end - x["training_flops"])) / summary["reference_flops"]
+            curve.append({"epoch": x["epoch"], "flops_norm": norm, "test_top1": x["test_top1"]})
+    return {"sweep": sweep, "setting_sha256": arm.setting, "arm": arm.key, "id": arm.id, "seed": arm.seed,
+            "budget": arm.budget,
+            "recipe_sha256": identity(arm), "recipe": arm.recipe,
+            "top1": last["top1"], "flops_norm": last["flops_norm"], "reference_flops": summary["reference_flops"],
+            "at_growth_top1": rows["grown"]["top1"] if "grown" in rows else None,
+            "arch": last["arch_full"], "data": summary["data"], "eval_test_set": summary["eval_test_set"],
+            "curve": curve, "command": command, "machine": machine(), "torch": torch.__version__,
+            "wall_s": sum(e.get("wall_s", 0.0) for e in ledger["stages"].values())}
+
+
+def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str = SWEEP) -> int:
+    """Run every arm not yet in ``results``; arms another worker holds are retried until it is done."""
+    from mgtool.pipeline import run_pipeline
+
+    results.mkdir(parents=True, exist_ok=True)
+    pending = list(arms)
+    while pending:
+        left, busy = [], False
+        for arm in pending:
+            path = results / f"{arm.id}.json"
+            if path.exists() and json.loads(path.read_text()).get("recipe_sha256") == identity(arm):
+                continue
+            if any(not (results / f"{n}.json").exists() for n in arm.needs):
+                left.append(arm)
+                continue
+            log(f"{arm.id}: running")
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-                self.held = True
-                return True
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text() or "0")
-                    os.kill(pid, 0)
-                except (ValueError, ProcessLookupError, FileNotFoundError):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                except PermissionError:
-                    pass
-                if record.exists():
-                    return False
-                time.sleep(5)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
+                summary = run_pipeline(recipe_from_dict(arm.recipe), out / arm.id, command=command, quiet=True)
+            except FolderBusy:
+                left.append(arm)
+                busy = True
+                continue
+            result = result_of(arm, summary.to_dict(), command, sweep)
+            text = json.dumps(result, indent=1, sort_keys=True) + "\n"
+            atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+            log(f"{arm.id}: top-1 {result['top1']:.4f}, FLOPs Norm {result['flops_norm']:.3f}X")
+        if len(left) == len(pending) and not busy:
+            raise MgtoolError(f"{left[0].id}: an arm it grows ({', '.join(left[0].needs)}) has no result "
+                              "and is not running")
+        if left and busy:
+            time.sleep(10)  # another worker holds an arm: wait for it
+        pending = left
+    return 0
 
 
-class Bench:
-    def __init__(self, setting: Setting, out: Path):
-        self.s, self.out = setting, out
-        (out / "cache").mkdir(parents=True, exist_ok=True)
-        (out / "ckpt").mkdir(parents=True, exist_ok=True)
-        source = data_config("fashion-mnist", setting.data_dir)
-        folder = write_idx_subset(source, out / "data", train_size=setting.train_size,
-                                  test_size=setting.eval_size, seed=0)
-        self.train_data = data_config("fashion-mnist", folder)
-        self.test_data = source if setting.test_size == 0 else data_config(
-            "fashion-mnist", write_idx_subset(source, out / "data-test", train_size=1,
-                                              test_size=setting.test_size, seed=1))
-        w = setting.small_width
-        self.small_spec = resolve_spec(ArchSpec("wrn", w, 10, 1, {"depth": setting.depth, "norm": "block-input",
-                                                            "stem_width": round(16 * w)}))
-        self.large_spec = grow_spec(self.small_spec, 2)
-        self.runtime = Runtime(device=setting.device, quiet=True, loader="device")
-        n = setting.train_size or 60000
-        self.epoch_samples = samples_per_epoch(n, setting.batch_size)
-        self._reference: float | None = None
-        self.lookup_only = False  # True: report what is cached, train nothing
-        self.reverse = False  # a second worker takes the units in reverse order
-
-    # ------------------------------------------------------------------ caching
-
-    def cached(self, name: str, config: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        setting = self.s.key()
-        if name in BUDGET_FREE:
-            setting["budget"] = REFERENCE_BUDGET
-        full = {"name": name, "setting": setting, **config}
-        digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:10]
-        stem = f"{name}-{digest}"
-        record = self.out / "cache" / f"{stem}.json"
-        if record.exists():
-            return json.loads(record.read_text())["result"]
-        if self.lookup_only:
-            return {"missing": True}
-        with _Lock(record.with_suffix(".lock")) as mine:
-            if not mine or record.exists():  # another worker ran it meanwhile
-                return json.loads(record.read_text())["result"]
-            t0 = time.perf_counter()
-            result = fn(self.out / "ckpt" / f"{stem}.safetensors")
-            result["wall_s"] = time.perf_counter() - t0
-            tmp = record.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"config": full, "result": result}, indent=1))
-            tmp.replace(record)
-        log(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                     for k, v in result.items() if k in ("top1", "flops_norm", "wall_s",
-                                                                         "at_growth_top1", "epochs")))
-        return result
-
-    def _fit(self, path: Path, run: Callable[..., Any]) -> None:
-        """Run a training (resuming an interrupted one; reusing a finished one)."""
-        paths = run_paths(path)
-        if paths.state.exists():
-            run(resume=True, force=False)
-        elif path.exists() and (read_meta(path).training or {}).get("complete"):
-            return
-        else:
-            run(resume=False, force=True)
-
-    def _cfg(self, epochs: int, budget: float, seed: int):
-        return train_config("fashion-mnist", epochs=epochs, budget=budget, seed=seed,
-                            batch_size=self.s.batch_size, lr=self.s.lr)
-
-    def _eval(self, path: Path) -> float:
-        return float(evaluate_checkpoint(path, self.test_data, device=self.s.device)["top1"])
-
-    def _result(self, path: Path, charged: float, given: float = 0.0, **extra: Any) -> dict[str, Any]:
-        meta = read_meta(path)
-        return {"path": str(path), "top1": self._eval(path), "flops_charged": charged,
-                "flops_norm": charged / self.reference(), "training_flops": meta.flops.training,
-                "given": given, "curve": self._curve(path), **extra}
-
-    def _curve(self, path: Path) -> list[list[float]]:
-        m = run_paths(path).metrics
-        if not m.exists():
-            return []
-        rows = [json.loads(line) for line in m.read_text().splitlines() if line.strip()]
-        return [[r["training_flops"], r["test_top1"]] for r in rows]
-
-    def _per_sample(self, path: Path) -> float:
-        model, _ = load_checkpoint(path)
-        return flops_per_training_sample(model, (1, 28, 28), self.s.batch_size)
-
-    # ------------------------------------------------------------------ runs
-
-    def large(self, seed: int) -> dict[str, Any]:
-        def run(path: Path) -> dict[str, Any]:
-            self._fit(path, lambda **kw: train_plain(path, self.large_spec, self.train_data,
-                                                     self._cfg(self.s.epochs, 1.0, seed), self.runtime, **kw))
-            flops = read_meta(path).flops.training
-            return {"path": str(path), "top1": self._eval(path), "training_flops": flops,
-                    "flops_charged": flops, "flops_norm": flops / self.reference(), "given": 0.0,
-                    "curve": self._curve(path)}
-        return self.cached("large", {"seed": seed}, run)
-
-    def reference(self) -> float:
-        """The Large row's training FLOPs: what the engine charges for the full schedule
-        (per-sample FLOPs x samples), the same for every seed, so no run is needed."""
-        if self._reference is None:
-            from mgtool.archs import build_plain
-
-            with torch.device("cpu"):
-                model = build_plain(self.large_spec)
-            per_sample = flops_per_training_sample(model, (1, 28, 28), self.s.batch_size)
-            self._reference = per_sample * self.epoch_samples * self.s.epochs
-        return self._reference
-
-    def target(self) -> float:
-        return self.s.budget * self.reference()
-
-    def net1(self, seed: int) -> dict[str, Any]:
-        def run(path: Path) -> dict[str, Any]:
-            self._fit(path, lambda **kw: train_small(path, self.train_data, self._cfg(self.s.epochs, 1.0, seed),
-                                                     self.runtime, arch="wrn", width=self.small_spec.width,
-                                                     options=self.small_spec.options, **kw))
-            return self._result(path, read_meta(path).flops.training)
-        return self.cached("net1", {"seed": seed}, run)
-
-    def net2(self, seed: int) -> dict[str, Any]:
-        """Net 2 on net 1's full schedule, with a copy after every epoch (the growth points)."""
-        rt = Runtime(device=self.s.device, quiet=True, loader="device", keep_every=1)
-
-        def run(path: Path) -> dict[str, Any]:
-            net1 = Path(self.net1(seed)["path"])
-            self._fit(path, lambda **kw: train_small(path, self.train_data,
-                                                     self._cfg(self.s.epochs, 1.0, seed + 1000), rt,
-                                                     like=net1, **kw))
-            return self._result(path, read_meta(path).flops.training)
-        return self.cached("net2", {"seed": seed}, run)
-
-    def net2_at(self, seed: int, point: float) -> Path:
-        path = Path(self.net2(seed)["path"])
-        epoch = point * self.s.epochs
-        if abs(epoch - round(epoch)) > 1e-9:
-            raise SystemExit(f"growth point {point} x {self.s.epochs} epochs is not a whole epoch; "
-                             "use --epochs 10 (or a multiple)")
-        return run_paths(path).epoch(round(epoch))
-
-    def small_match(self, seed: int) -> dict[str, Any]:
-        def run(path: Path) -> dict[str, Any]:
-            probe = Path(self.net1(seed)["path"])
-            epochs, budget = epochs_for_flops(self.target(), self._per_sample(probe), self.epoch_samples)
-            self._fit(path, lambda **kw: train_small(path, self.train_data, self._cfg(epochs, budget, seed),
-                                                     self.runtime, arch="wrn", width=self.small_spec.width,
-                                                     options=self.small_spec.options, **kw))
-            return self._result(path, read_meta(path).flops.training, epochs=epochs, budget=budget)
-        return self.cached("small-match", {"seed": seed}, run)
-
-    def large_match(self, seed: int) -> dict[str, Any]:
-        def run(path: Path) -> dict[str, Any]:
-            probe = Path(self.large(seed)["path"])
-            epochs, budget = epochs_for_flops(self.target(), self._per_sample(probe), self.epoch_samples)
-            self._fit(path, lambda **kw: train_plain(path, self.large_spec, self.train_data,
-                                                     self._cfg(epochs, budget, seed), self.runtime, **kw))
-            return self._result(path, read_meta(path).flops.training, epochs=epochs, budget=budget)
-        return self.cached("large-match", {"seed": seed}, run)
-
-    def _finetune_grown(self, grown: Path, path: Path, charged_before: float, given: float,
-                        seed: int) -> dict[str, Any]:
-        """Fine-tune a grown net with what is left of the budget; report accuracy at growth too."""
-        at_growth = self._eval(grown)
-        epochs, budget = epochs_for_flops(self.target() - charged_before, self._per_sample(grown),
-                                          self.epoch_samples)
-        self._fit(path, lambda **kw: finetune(grown, path, self.train_data, self._cfg(epochs, budget, seed),
-                                              self.runtime, **kw))
-        charged = read_meta(path).flops.training - given
-        return self._result(path, charged, given, at_growth_top1=at_growth, epochs=epochs, budget=budget,
-                            growth_flops_norm=charged_before / self.reference())
-
-    def baseline(self, seed: int, method: str) -> dict[str, Any]:
-        def run(path: Path) -> dict[str, Any]:
-            net1 = Path(self.net1(seed)["path"])
-            plain = path.with_name(path.stem + ".net1-plain.safetensors")
-            grown = path.with_name(path.stem + ".grown.safetensors")
-            export(net1, plain, force=True)
-            grow(plain, grown, method=method, factor=2, seed=seed, force=True)
-            given = read_meta(net1).flops.training
-            return self._finetune_grown(grown, path, 0.0, given, seed)
-        return self.cached(f"grow-{method}", {"seed": seed}, run)
-
-    def mixturegrowth(self, seed: int, *, init: str = "orthogonal", point: float | None = 1.0) -> dict[str, Any]:
-        """``point`` None: without fusion (net 1 alone); else fused with net 2 at that growth point."""
-        def run(path: Path) -> dict[str, Any]:
-            net1 = Path(self.net1(seed)["path"])
-            net2 = self.net2_at(seed, point) if point is not None else None
-            grown = path.with_name(path.stem + ".grown.safetensors")
-            sources = [net1] if net2 is None else [net1, net2]
-            fuse(sources, grown, init=init, factor=2, seed=seed, force=True)
-            meta = read_meta(grown)
-            charged_before = meta.flops.training - meta.flops.given
-            return self._finetune_grown(grown, path, charged_before, meta.flops.given, seed)
-        name = "mg-nofusion" if point is None else "mg"
-        return self.cached(name, {"seed": seed, "init": init, "point": point}, run)
-
-    # ------------------------------------------------------------------ tables
-
-    def _in_order(self, units: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-        """Run the units (reversed for a ``--reverse`` worker, so two workers meet in the middle)."""
-        names = list(units)
-        done = {name: units[name]() for name in (names[::-1] if self.reverse else names)}
-        return {name: done[name] for name in names}
-
-    def table1(self, seed: int) -> dict[str, dict[str, Any]]:
-        return self._in_order({
-            "Large": lambda: self.large(seed),
-            "Large Match": lambda: self.large_match(seed),
-            "Small": lambda: self.net1(seed),
-            "Small Match": lambda: self.small_match(seed),
-            "Random": lambda: self.baseline(seed, "random"),
-            "Net2Net": lambda: self.baseline(seed, "net2net"),
-            "MixtureGrowth w/o fusion": lambda: self.mixturegrowth(seed, point=None),
-            "MixtureGrowth (orthogonal)": lambda: self.mixturegrowth(seed),
-        })
-
-    def table4(self, seed: int) -> dict[str, dict[str, Any]]:
-        return self._in_order({init: (lambda init=init: self.mixturegrowth(seed, init=init)) for init in TABLE4})
-
-    def table2(self, seed: int) -> dict[str, dict[str, Any]]:
-        units: dict[str, Callable[[], dict[str, Any]]] = {
-            "0.0 (w/o fusion)": lambda: self.mixturegrowth(seed, point=None)}
-        units.update({f"{p:.1f}": (lambda p=p: self.mixturegrowth(seed, point=p)) for p in GROWTH_POINTS})
-        return self._in_order(units)
+# ---------------------------------------------------------------------- report (result files alone)
 
 
-# ---------------------------------------------------------------------- reporting
+def load_results(results: Path) -> dict[tuple[str, float | None], list[dict[str, Any]]]:
+    """The result files of one sweep (one setting), by (arm, budget), each list in seed order."""
+    grouped: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
+    settings = set()
+    for path in sorted(results.glob("*.json")):
+        r = json.loads(path.read_text())
+        if isinstance(r, dict) and "arm" in r:
+            settings.add(r.get("setting_sha256"))
+            grouped.setdefault((r["arm"], r["budget"]), []).append(r)
+    if len(settings) > 1:
+        raise MgtoolError(f"{results}: result files of {len(settings)} different settings; keep one sweep "
+                          "(one setting) per results folder (--name)")
+    for rows in grouped.values():
+        rows.sort(key=lambda r: r["seed"])
+    return grouped
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def fmt(values: list[float], pct: bool = True) -> str:
-    m, s = mean_std(values)
-    if math.isnan(m):
+def fmt(values: list[float]) -> str:
+    if not values:
         return "not run"
-    return f"{100 * m:.2f} ± {100 * s:.2f}" if pct else f"{m:.3f}"
+    m, s = mean_std(values)
+    return f"{100 * m:.2f} ± {100 * s:.2f}"
 
 
-def collect(bench: Bench, table: str, seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
-    """Rows of a table over seeds, from the caches only (nothing trains)."""
-    bench.lookup_only, reverse, bench.reverse = True, bench.reverse, False
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for seed in seeds:
-        for name, res in getattr(bench, table)(seed).items():
-            rows.setdefault(name, []).append(res)
-    bench.lookup_only, bench.reverse = False, reverse
-    return rows
+def _get(grouped: dict, key: str, budget: float) -> list[dict[str, Any]]:
+    return grouped.get((key, None if key in BUDGET_FREE else budget), [])
 
 
-def markdown(title: str, rows: dict[str, list[dict[str, Any]]], extra: str | None = None) -> str:
-    head = f"| {title} | top-1 % (mean ± std) | seeds | FLOPs Norm |"
-    sep = "|---|---|---|---|"
-    if extra:
-        head += f" {extra} |"
-        sep += "---|"
-    lines = [head, sep]
-    for name, results in rows.items():
-        ok = [r for r in results if not r.get("missing")]
-        line = f"| {name} | {fmt([r['top1'] for r in ok])} | {len(ok)} | " + (
-            f"{statistics.fmean(r['flops_norm'] for r in ok):.3f}X |" if ok else "- |")
-        if extra:
-            vals = [r["at_growth_top1"] for r in ok if "at_growth_top1" in r]
-            line += f" {fmt(vals)} |" if vals else " - |"
+def table_markdown(part: str, grouped: dict, budget: float) -> str:
+    title, rows = TABLES[part]
+    growth = part != "table1"
+    lines = [f"| {title} | top-1 % (mean ± std) | seeds | FLOPs Norm |" + (" top-1 at growth |" if growth else ""),
+             "|---|---|---|---|" + ("---|" if growth else "")]
+    for label, key in rows:
+        ok = _get(grouped, key, budget)
+        norm = f"{statistics.fmean(r['flops_norm'] for r in ok):.3f}X" if ok else "-"
+        line = f"| {label} | {fmt([r['top1'] for r in ok])} | {len(ok)} | {norm} |"
+        if growth:
+            line += f" {fmt([r['at_growth_top1'] for r in ok if r['at_growth_top1'] is not None])} |"
         lines.append(line)
     return "\n".join(lines)
 
 
-def plot(by_budget: dict[float, dict[str, list[dict[str, Any]]]], path: Path) -> bool:
-    """Fig. 3a analogue: each method's final accuracy (mean ± std over seeds) at each budget."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        log("matplotlib is not installed (pip install 'mgtool[plots]'): no PNG")
-        return False
-    fig = Figure(figsize=(7.5, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    markers = "osD^v<>ph*"
-    methods = list(next(iter(by_budget.values())))
-    for i, name in enumerate(methods):
-        xs, ys, es, n = [], [], [], 0
-        for rows in by_budget.values():
-            ok = [r for r in rows.get(name, []) if not r.get("missing")]
-            if not ok:
-                continue
-            x = statistics.fmean(r["flops_norm"] for r in ok)
-            if any(abs(x - x0) < 1e-3 for x0 in xs):  # Large and Small are the same at every budget
-                continue
-            m, sd = mean_std([100 * r["top1"] for r in ok])
-            xs.append(x)
-            ys.append(m)
-            es.append(sd)
-            n = max(n, len(ok))
-        if not xs:
-            continue
-        order = sorted(range(len(xs)), key=xs.__getitem__)
-        ax.errorbar([xs[k] for k in order], [ys[k] for k in order], yerr=[es[k] for k in order],
-                    fmt=markers[i % len(markers)] + "-", color=f"C{i % 10}", capsize=3, lw=1, ms=5,
-                    label=f"{name} ({n} seeds)")
-    large = [r for rows in by_budget.values() for r in rows.get("Large", []) if not r.get("missing")]
-    if large:
-        ax.axhline(statistics.fmean(100 * r["top1"] for r in large), ls="--", color="gray", lw=0.8)
-    ax.set_xlabel("training FLOPs Norm (net 1 given; 1.0X = Large trained from scratch, full schedule)")
-    ax.set_ylabel("top-1 on the Fashion-MNIST test set (%)")
-    ax.set_title("Accuracy vs training FLOPs (paper Fig. 3a analogue); mean ± std over seeds", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    return True
-
-
-def sweep_markdown(by_budget: dict[float, dict[str, list[dict[str, Any]]]]) -> str:
-    budgets = sorted(by_budget)
-    lines = ["| Method | " + " | ".join(f"budget {b:g}X" for b in budgets) + " |",
-             "|---|" + "---|" * len(budgets)]
-    for name in by_budget[budgets[0]]:
+def sweep_markdown(grouped: dict, budgets: list[float]) -> str:
+    lines = ["| Method | " + " | ".join(f"budget {b:g}X" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for label, key in TABLES["table1"][1]:
         cells = []
         for b in budgets:
-            ok = [r for r in by_budget[b].get(name, []) if not r.get("missing")]
+            ok = _get(grouped, key, b)
             cells.append(f"{fmt([r['top1'] for r in ok])} ({len(ok)}; "
                          f"{statistics.fmean(r['flops_norm'] for r in ok):.2f}X)" if ok else "not run")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plots(grouped: dict, budgets: list[float], folder: Path) -> list[Path]:
+    """Fig. 3a (final top-1 against FLOPs Norm, per method over budgets) and Fig. 3b (top-1
+    per epoch after growth, per coefficient init), through the shared plot helper."""
+    from mgtool.analysis.plot import matplotlib_available, plot_series
+
+    if not matplotlib_available():
+        log("matplotlib is not installed (pip install 'mgtool[plots]'): no plots")
+        return []
+    series = []
+    for label, key in TABLES["table1"][1]:
+        points = {}
+        for b in budgets:
+            ok = _get(grouped, key, b)
+            if ok:
+                x = round(statistics.fmean(r["flops_norm"] for r in ok), 6)
+                points.setdefault(x, mean_std([100 * r["top1"] for r in ok]) + (len(ok),))
+        if points:
+            xs = sorted(points)
+            series.append((f"{label} ({max(points[x][2] for x in xs)} seeds)", xs, [points[x][0] for x in xs],
+                           [points[x][1] for x in xs]))
+    large = _get(grouped, "large", budgets[0])
+    fig3a, fig3b = folder / "fig3a.png", folder / "fig3b.png"
+    plot_series(series, title="Accuracy vs training FLOPs (paper Fig. 3a analogue); mean ± std over seeds",
+                xlabel="training FLOPs Norm (net 1 given; 1.0X = Large from scratch, full schedule)",
+                ylabel="top-1 on the test set (%)", out=fig3a,
+                hline=statistics.fmean(100 * r["top1"] for r in large) if large else None)
+    curves = []
+    for label, key in TABLES["table4"][1]:
+        ok = [r for r in _get(grouped, key, budgets[0]) if r["curve"]]
+        n = min((len(r["curve"]) for r in ok), default=0)
+        if n:
+            xs = [statistics.fmean(r["curve"][i]["flops_norm"] for r in ok) for i in range(n)]
+            stats = [mean_std([100 * r["curve"][i]["test_top1"] for r in ok]) for i in range(n)]
+            curves.append((f"{label} ({len(ok)} seeds)", xs, [m for m, _ in stats], [s for _, s in stats]))
+    plot_series(curves, title="Top-1 per epoch after growth, by coefficient init (paper Fig. 3b analogue)",
+                xlabel="training FLOPs Norm", ylabel="top-1 on the per-epoch test images (%)", out=fig3b)
+    return [fig3a, fig3b]
+
+
+def report(results: Path, budget: float, sweep_budgets: list[float]) -> str:
+    grouped = load_results(results)
+    if not grouped:
+        raise MgtoolError(f"{results}: no result files of a growth-table sweep")
+    texts = [f"### {part}\n\n{table_markdown(part, grouped, budget)}\n" for part in ("table1", "table4", "table2")]
+    budgets = sorted({budget, *sweep_budgets})
+    texts.append(f"### sweep (Table 1 methods at several budgets)\n\n{sweep_markdown(grouped, budgets)}\n")
+    text = "\n".join(texts)
+    atomic_write(results / "tables.md", lambda tmp: Path(tmp).write_text(text))
+    plots(grouped, budgets, results)
+    return text
+
+
+# ---------------------------------------------------------------------- command line
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "growth_table")
+    p.add_argument("--name", default=SWEEP, help="The sweep's name: one setting, one results folder.")
+    p.add_argument("--out", type=Path, default=None, help="Folder of the arms' run folders. [default: runs/NAME]")
+    p.add_argument("--results", type=Path, default=None, help="Folder of the result files (one JSON per finished "
+                   "arm), tables.md and the plots. [default: bench/results/NAME]")
+    p.add_argument("--base", type=Path, default=None,
+                   help="Base recipe YAML (data, arch, runtime, eval, reference, finetune.train); "
+                   "default: the setting of the options below.")
     p.add_argument("--only", choices=("table1", "table2", "table4", "sweep"), action="append",
                    help="Run only this part (repeatable). Default: all four.")
-    p.add_argument("--sweep-budgets", default="0.3,0.6",
-                   help="Further budgets for the Table 1 methods (the 'sweep' part; Fig. 3a).")
-    p.add_argument("--report", action="store_true", help="Only print the tables of what is cached.")
+    p.add_argument("--sweep-budgets", default="0.3,0.6", help="Further budgets for the Table 1 methods (Fig. 3a).")
+    p.add_argument("--report", action="store_true", help="Only rebuild the tables and plots from the result files.")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--reverse", action="store_true",
-                   help="Take seeds and runs in reverse order: a second worker started with it shares the work.")
-    p.add_argument("--train-size", type=int, default=10000, help="Training subset (0: all 60,000).")
-    p.add_argument("--eval-size", type=int, default=1000, help="Test subset for the per-epoch curves.")
-    p.add_argument("--test-size", type=int, default=0, help="Test images for the reported accuracy (0: all).")
-    p.add_argument("--epochs", type=int, default=10, help="The large net's full schedule (and net 1/2's).")
     p.add_argument("--budget", type=float, default=0.45, help="FLOPs Norm of every growth method.")
+    p.add_argument("--train-size", type=int, default=10000, help="Training subset (0: all 60,000).")
+    p.add_argument("--eval-size", type=int, default=1000, help="Test subset for the per-epoch curves (0: all).")
+    p.add_argument("--epochs", type=int, default=10, help="The large net's full schedule (and net 1/2's).")
     p.add_argument("--depth", type=int, default=10)
     p.add_argument("--small-width", type=float, default=0.5, help="WRN widen factor of the small nets.")
     p.add_argument("--batch-size", type=int, default=128)
@@ -479,54 +376,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    setting = Setting(args.train_size, args.eval_size, args.test_size, args.epochs, args.budget, args.depth,
-                      args.small_width, args.batch_size, args.lr, args.data_dir, args.device)
-    bench = Bench(setting, args.out)
-    bench.reverse = args.reverse
-    parts = args.only or ["table1", "table4", "table2", "sweep"]
-    seeds = list(range(args.seeds))
-    order = seeds[::-1] if args.reverse else seeds
-    t0 = time.perf_counter()
-    log(f"setting {json.dumps(setting.key())}; small {bench.small_spec.describe()}, "
-        f"large {bench.large_spec.describe()}; "
-        f"threads {torch.get_num_threads()}")
-    report: dict[str, Any] = {"setting": setting.key(), "small": bench.small_spec.to_dict(),
-                              "large": bench.large_spec.to_dict(), "tables": {}}
-    texts = []
-    for part in ("table1", "table4", "table2"):
-        if part not in parts:
-            continue
-        if not args.report:
-            for seed in order:
-                log(f"{part}: seed {seed}")
-                getattr(bench, part)(seed)
-        rows = collect(bench, part, seeds)
-        report["tables"][part] = {k: [{kk: vv for kk, vv in r.items() if kk != "curve"} for r in v]
-                                  for k, v in rows.items()}
-        title = {"table1": "Method", "table4": "Coefficient init", "table2": "Net 2 training (growth point)"}[part]
-        text = markdown(title, rows, extra="top-1 at growth" if part != "table1" else None)
-        texts.append(f"### {part}\n\n{text}\n")
-    by_budget = {setting.budget: collect(bench, "table1", seeds)}
-    for budget in (float(b) for b in args.sweep_budgets.split(",") if b.strip()):
-        other = Bench(replace(setting, budget=budget), args.out)
-        other.reverse = args.reverse
-        if "sweep" in parts and not args.report:
-            for seed in order:
-                log(f"sweep (budget {budget:g}X): seed {seed}")
-                other.table1(seed)
-        by_budget[budget] = collect(other, "table1", seeds)
-    report["tables"]["sweep"] = {f"{b:g}": {k: [{kk: vv for kk, vv in r.items() if kk != "curve"} for r in v]
-                                            for k, v in rows.items()} for b, rows in by_budget.items()}
-    texts.append(f"### sweep (Table 1 methods at several budgets)\n\n{sweep_markdown(by_budget)}\n")
-    plot(by_budget, args.out / "fig3a.png")
-    wall = time.perf_counter() - t0
-    report["wall_s"] = wall
-    (args.out / "results.json").write_text(json.dumps(report, indent=1))
-    (args.out / "tables.md").write_text("\n".join(texts))
-    print("\n".join(texts))
-    log(f"done in {wall / 60:.1f} min; {args.out / 'tables.md'}, {args.out / 'results.json'}")
+    sweep_budgets = [float(b) for b in args.sweep_budgets.split(",") if b.strip()]
+    args.out = args.out or ROOT / "runs" / args.name
+    args.results = args.results or ROOT / "bench" / "results" / args.name
+    try:
+        if args.report:
+            print(report(args.results, args.budget, sweep_budgets))
+            return 0
+        base = yaml.safe_load(args.base.read_text()) if args.base else default_base(args)
+        arms = arms_for(base, args.only or ["table1", "table4", "table2", "sweep"], list(range(args.seeds)),
+                        args.budget, sweep_budgets, args.out.resolve())
+        for arm in arms:  # every recipe is checked before the first arm runs
+            recipe_from_dict(arm.recipe)
+        command = " ".join(["python bench/growth_table.py", *(argv if argv is not None else sys.argv[1:])])
+        log(f"{len(arms)} arms; results in {args.results}")
+        run_arms(arms, args.out.resolve(), args.results, command, args.name)
+        print(report(args.results, args.budget, sweep_budgets))
+    except MgtoolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

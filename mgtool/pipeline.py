@@ -1,26 +1,23 @@
-"""``mgtool run``: a recipe's stages, each writing its own file in DIR, skipped when done.
+"""``mgtool run``: the MixtureGrowth stage graph on the runner (mgtool.runner).
 
 Stages (in order): ``data`` (a subset, if the recipe asks for one), ``convert`` (net 1
 given as a plain checkpoint) or ``net1`` (net 1 trained here), ``net2`` (train-small like
 net 1, stopped at the growth point), ``fuse``, ``finetune``, ``export``, ``match`` (the
-large net from scratch with the FLOPs growth spent, if asked) and ``eval``.
+large net from scratch with the FLOPs growth spent, if asked) and ``eval``. A baseline
+recipe (``method: random`` or ``net2net``) runs ``plain1`` (net 1 exported) and ``grow``
+instead of net2/fuse, and its fine-tuned net is the final one. A ``scratch:`` recipe
+trains one net from scratch (``scratch``) and evaluates it.
 
-A stage is skipped when DIR/pipeline.json records it done with the same fingerprint
-(the sha256 of its input files, which is what the outputs' provenance records, plus the
-stage's resolved configuration) and its output still has the recorded sha256. A
-training stage that was interrupted resumes from the engine's sidecar when its
-fingerprint is unchanged. A stage whose inputs or configuration changed runs again and
-replaces its own output; a file in DIR that the pipeline did not write is never
-overwritten without ``force``.
+The runner's ledger (DIR/pipeline.json) skips a stage that is done with the same
+fingerprint (its settings and the sha256 of its inputs) and an intact output, resumes an
+interrupted training stage, reruns the rest, and never replaces a file in DIR it did not
+write (summary.json, recipe.resolved.yaml, metrics files included) without ``force``.
 """
-
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +26,21 @@ import torch
 from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.budget import epochs_for_flops, flops_norm, samples_per_epoch
 from mgtool.checkpoint import atomic_write, read_meta
-from mgtool.convert import convert
+from mgtool.convert import convert, fresh_template_mixing
 from mgtool.data import data_config, dataset_info, split_size
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, SettingError
 from mgtool.export import export
 from mgtool.flops import flops_per_training_sample
 from mgtool.fuse import fuse
-from mgtool.provenance import sha256_file
+from mgtool.grow_baselines import grow
+from mgtool.loading import load_checkpoint
 from mgtool.recipe import Recipe, TrainSection
+from mgtool.run_summary import Summary, stage_rows
+from mgtool.runner import Ledger, Stage, StageOutcome
 from mgtool.scratch import train_plain
 from mgtool.subset import write_idx_subset
 from mgtool.train import Runtime, TrainConfig, evaluate_checkpoint, finetune, train_config, train_small
-from mgtool.train.api import like_seed
+from mgtool.train.api import like_seed, require_small_template_mixing
 from mgtool.train.paths import run_paths
 
 STATE_FILE = "pipeline.json"
@@ -51,83 +51,28 @@ FILES = {
     "convert": "net1.safetensors",
     "net2": "net2.safetensors",
     "fuse": "grown.safetensors",
+    "plain1": "net1-plain.safetensors",
+    "grow": "grown.safetensors",
     "finetune": "finetuned.safetensors",
     "export": "final.safetensors",
     "match": "large-match.safetensors",
+    "scratch": "scratch.safetensors",
     "eval": "eval.json",
 }
 
 
-@dataclass(frozen=True)
-class StageOutcome:
-    name: str
-    output: Path
-    status: str  # ran | skipped | resumed | given
-    wall_s: float = 0.0
-
-
-@dataclass
-class Summary:
-    recipe: str
-    out_dir: Path
-    rows: list[dict[str, Any]]
-    stages: list[StageOutcome]
-    reference_flops: float
-    wall_s: float
-    path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "recipe": self.recipe,
-            "out_dir": str(self.out_dir),
-            "rows": self.rows,
-            "stages": [{"name": s.name, "output": str(s.output), "status": s.status, "wall_s": s.wall_s}
-                       for s in self.stages],
-            "reference_flops": self.reference_flops,
-            "wall_s": self.wall_s,
-            **self.extra,
-        }
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class _Ledger:
-    """DIR/pipeline.json: per stage its fingerprint, output, output sha256 and status."""
-
-    def __init__(self, out_dir: Path):
-        self.path = out_dir / STATE_FILE
-        self.data: dict[str, Any] = {"stages": {}}
-        if self.path.exists():
-            try:
-                self.data = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                raise MgtoolError(f"{self.path}: corrupt pipeline state; delete it to start over") from None
-
-    def entry(self, stage: str) -> dict[str, Any] | None:
-        return self.data["stages"].get(stage)
-
-    def set(self, stage: str, entry: dict[str, Any]) -> None:
-        self.data["stages"][stage] = entry
-        text = json.dumps(self.data, indent=1, sort_keys=True)
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
-
-    def owns(self, output: Path) -> bool:
-        return any(e.get("output") == output.name for e in self.data["stages"].values())
-
-
 class Pipeline:
-    def __init__(self, recipe: Recipe, out_dir: Path, *, force: bool = False, quiet: bool = False,
+    """The MixtureGrowth stage graph (and its baselines and from-scratch nets) on a ``Ledger``."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, ledger: Ledger, *, quiet: bool = False,
                  log: Callable[[str], None] | None = None):
-        self.r, self.dir, self.force, self.quiet = recipe, out_dir, force, quiet
+        self.r, self.dir, self.ledger, self.quiet = recipe, out_dir, ledger, quiet
         self.log = log or (lambda msg: None)
-        self.ledger = _Ledger(out_dir)
         self.outcomes: list[StageOutcome] = []
         rt = recipe.runtime
         self.runtime = Runtime(device=rt.device, precision=rt.precision, loader=rt.loader, workers=rt.workers,
                                quiet=quiet)
+        self.net1_flops = 0.0  # net 1's training FLOPs: given, never charged
 
     # ------------------------------------------------------------------ stage machinery
 
@@ -135,31 +80,53 @@ class Pipeline:
               work: Callable[[Path, bool, bool], None], *, training: bool = False) -> Path:
         """Run ``work(output, resume, force)`` unless the ledger says it is done."""
         output = self.dir / FILES[name]
-        fingerprint = _digest({"stage": name, "config": config,
-                               "inputs": {k: sha256_file(p) for k, p in sorted(inputs.items())}})
-        entry = self.ledger.entry(name)
-        if (entry and entry.get("status") == "done" and entry.get("fingerprint") == fingerprint
-                and output.exists() and sha256_file(output) == entry.get("sha256")):
-            self.log(f"[dim]{name}: up to date, skipped ({output.name})[/]")
-            self.outcomes.append(StageOutcome(name, output, "skipped"))
-            return output
-        resume = bool(training and entry and entry.get("status") == "running"
-                      and entry.get("fingerprint") == fingerprint and run_paths(output).state.exists())
-        if output.exists() and not resume and not self.ledger.owns(output) and not self.force:
-            raise MgtoolError(f"{output}: exists and was not written by this pipeline; pass --force "
-                              "to replace it, or choose another -o DIR")
-        self.ledger.set(name, {"fingerprint": fingerprint, "output": output.name, "status": "running"})
-        self.log(f"[bold]{name}[/]: {'resuming' if resume else 'running'} -> {output.name}")
-        t0 = time.perf_counter()
-        work(output, resume, not resume)
-        wall = time.perf_counter() - t0
-        self.ledger.set(name, {"fingerprint": fingerprint, "output": output.name, "status": "done",
-                               "sha256": sha256_file(output), "wall_s": wall})
-        self.outcomes.append(StageOutcome(name, output, "resumed" if resume else "ran", wall))
+        files: tuple[Path, ...] = ()
+        state = None
+        if training:
+            paths = run_paths(output)
+            state = paths.state
+            files = (paths.metrics, paths.state, *(p for _, p in paths.epoch_files()))
+        outcome = self.ledger.run(Stage(name, output, config, inputs, files, state),
+                                  lambda out, resume: work(out, resume, not resume))
+        self.outcomes.append(outcome)
         return output
 
-    def _train(self, section: TrainSection, seed: int, **values: Any) -> TrainConfig:
-        return train_config(self.data.name, section, seed=seed, **values)
+    def _train(self, section: TrainSection, seed: int, budget: float = 1.0, epochs: int | None = None,
+               **values: Any) -> TrainConfig:
+        if epochs is not None:
+            values["epochs"] = epochs
+        return train_config(self.data.name, section, seed=seed, budget=budget, **values)
+
+    # ------------------------------------------------------------------ before any stage
+
+    def preflight(self) -> None:
+        """Resolve what the stages will need from the recipe (architectures, data options,
+        training settings), so a bad value fails before the first stage, not hours later."""
+        r = self.r
+        d = r.data
+        source = data_config(d.name, d.dir, d.options, d.download)
+        self.data = source  # until prepare_data: the training settings' data set defaults
+        small = self.small_spec()
+        with torch.device("meta"):  # the family checks its options when it builds (no memory used)
+            build_plain(small)
+            build_plain(resolve_spec(grow_spec(small, r.fuse.factor)))
+        sections = [(r.net1.train if r.net1 else None, "net1.train"), (r.net2.train, "net2.train"),
+                    (r.finetune.train if r.finetune else None, "finetune.train"),
+                    (r.scratch.train if r.scratch else None, "scratch.train")]
+        for section, key in sections:
+            if section is not None:
+                try:
+                    self._train(section, 0)  # resolved against the data set's preset, validated
+                except SettingError as e:
+                    raise e.renamed(f"{key}.{e.field}") from None
+        given = [("net1.checkpoint", r.net1.checkpoint if r.net1 else None), ("net2.checkpoint", r.net2.checkpoint)]
+        for key, path in given:
+            if path is not None and not Path(path).is_file():
+                raise MgtoolError(f"recipe {key}: {path} does not exist")
+        if r.scratch is None and r.method == "mixturegrowth" and r.fuse.fusion and r.net2.train is None \
+                and r.net1.train is None and r.net2.checkpoint is None:
+            raise MgtoolError("recipe net2.train: required when net 1 is given as a checkpoint "
+                              "(there is no net 1 schedule to copy)")
 
     # ------------------------------------------------------------------ stages
 
@@ -170,8 +137,11 @@ class Pipeline:
         if d.subset is None:
             self.data = source
             return
-        folder = write_idx_subset(source, self.dir / "data", train_size=d.subset.train, test_size=d.subset.test,
-                                  seed=d.subset.seed)
+        folder = self.dir / "data"
+        existing = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+        self.ledger.claim(*existing)
+        write_idx_subset(source, folder, train_size=d.subset.train, test_size=d.subset.test, seed=d.subset.seed)
+        self.ledger.record(*sorted(p for p in folder.glob("*") if p.is_file()))
         self.data = data_config(d.name, folder, d.options)
 
     def net1(self) -> Path:
@@ -203,6 +173,13 @@ class Pipeline:
 
     def net2(self, net1: Path) -> Path:
         n2 = self.r.net2
+        if n2.checkpoint is not None:  # trained elsewhere (e.g. once for several sweep arms)
+            src = Path(n2.checkpoint)
+            if not src.exists():
+                raise MgtoolError(f"recipe net2.checkpoint: {src} does not exist")
+            require_small_template_mixing(read_meta(src), src, "net2.checkpoint")
+            self.outcomes.append(StageOutcome("net2", src, "given"))
+            return src
         section = n2.train or self.r.net1.train
         if section is None:
             raise MgtoolError("recipe net2.train: required when net 1 is given as a checkpoint "
@@ -223,9 +200,21 @@ class Pipeline:
         return self.stage("fuse", config, inputs, lambda out, resume, force: fuse(
             sources, out, init=f.init, factor=f.factor, seed=f.seed, noise=f.noise, force=True))
 
+    def grow_baseline(self, net1: Path) -> Path:
+        """Random or Net2Net: net 1 as a plain net, widened by ``fuse.factor``."""
+        plain = self.stage("plain1", {}, {"net1": net1}, lambda out, resume, force: export(net1, out, force=True))
+        f, method = self.r.fuse, self.r.method
+        config = {"method": method, "factor": f.factor, "seed": f.seed}
+        return self.stage("grow", config, {"plain1": plain}, lambda out, resume, force: grow(
+            plain, out, method=method, factor=f.factor, seed=f.seed, force=True))
+
     def finetune(self, grown: Path) -> Path:
         ft = self.r.finetune
-        train = self._train(ft.train, ft.seed)
+        epochs, budget = None, 1.0
+        if ft.flops_norm is not None:  # what the growth has not spent yet of its FLOPs Norm
+            target = ft.flops_norm * self.reference_flops() - self.charged(grown, "grown")
+            epochs, budget = self._epochs_for(target, load_checkpoint(grown)[0], ft.train)
+        train = self._train(ft.train, ft.seed, budget, epochs)
         config = {"train": train.to_dict(), "data": self.data.to_dict()}
 
         def work(out: Path, resume: bool, force: bool) -> None:
@@ -251,6 +240,32 @@ class Pipeline:
         def work(out: Path, resume: bool, force: bool) -> None:
             train_plain(out, spec, self.data, train, self.runtime, resume=resume, force=force)
         return self.stage("match", config, self._data_inputs(), work, training=True)
+
+    def scratch(self) -> Path:
+        """One net from scratch: Large, Small, their Match rows, or a template-mixing one."""
+        s, a = self.r.scratch, self.r.arch
+        spec = self.small_spec()
+        if s.size == "large":
+            spec = resolve_spec(grow_spec(spec, self.r.fuse.factor))
+        epochs, budget = None, 1.0
+        if s.flops_norm is not None:
+            with torch.device("cpu"):
+                model = build_plain(spec) if s.kind == "plain" else fresh_template_mixing(
+                    spec, templates=a.templates, share=a.share, seed=s.seed)
+            epochs, budget = self._epochs_for(s.flops_norm * self.reference_flops(), model, s.train)
+        train = self._train(s.train, s.seed, budget, epochs)
+        config = {"arch": spec.to_dict(), "kind": s.kind, "train": train.to_dict(), "data": self.data.to_dict()}
+        if s.kind == "template-mixing":
+            config.update(templates=a.templates, share=a.share)
+
+        def work(out: Path, resume: bool, force: bool) -> None:
+            if s.kind == "plain":
+                train_plain(out, spec, self.data, train, self.runtime, resume=resume, force=force)
+            else:
+                train_small(out, self.data, train, self.runtime, arch=spec.name, width=spec.width,
+                            options=dict(spec.options), templates=a.templates, share=a.share, resume=resume,
+                            force=force)
+        return self.stage("scratch", config, self._data_inputs(), work, training=True)
 
     def evaluate(self, checkpoints: dict[str, Path]) -> dict[str, Any]:
         e = self.r.eval
@@ -284,6 +299,21 @@ class Pipeline:
         """The training images actually there (dataset_info gives the full set's nominal size)."""
         return split_size(self.data, "train")
 
+    def _epochs_for(self, target: float, model: torch.nn.Module, section: TrainSection) -> tuple[int, float]:
+        """``(epochs, budget)`` for ``model`` to spend ``target`` training FLOPs."""
+        batch = self._train(section, 0).batch_size
+        per_sample = flops_per_training_sample(model, dataset_info(self.data).shape, batch)
+        return epochs_for_flops(target, per_sample, samples_per_epoch(self.train_size(), batch))
+
+    def charged(self, path: Path, role: str) -> float:
+        """Training FLOPs charged to ``path``: all of them, less net 1's (given, not charged)."""
+        meta = read_meta(path)
+        if role == "net1":
+            return 0.0
+        if self.r.method != "mixturegrowth" and role in ("grown", "final"):
+            return meta.flops.training - self.net1_flops  # the baselines' grow keeps no "given" mark
+        return meta.flops.training - meta.flops.given
+
     def large_per_sample(self, batch_size: int) -> float:
         spec = grow_spec(self.small_spec(), self.r.fuse.factor)
         with torch.device("cpu"):
@@ -298,7 +328,8 @@ class Pipeline:
 
     def reference_flops(self) -> float:
         """The large net trained from scratch for ``reference.epochs``: the paper's 1.0X."""
-        batch = self.r.reference.batch_size or self._train(self.r.finetune.train, 0).batch_size
+        section = self.r.finetune.train if self.r.finetune else self.r.scratch.train
+        batch = self.r.reference.batch_size or self._train(section, 0).batch_size
         return self.large_per_sample(batch) * samples_per_epoch(self.train_size(), batch) * self.r.reference.epochs
 
 
@@ -314,23 +345,50 @@ def _is_mgtool(path: Path) -> bool:
 
 def run_pipeline(recipe: Recipe, out_dir: Path | str, *, command: str | None = None, force: bool = False,
                  quiet: bool = False, log: Callable[[str], None] | None = None) -> Summary:
-    """Run (or finish) every stage of ``recipe`` in ``out_dir``; write summary.json."""
+    """Run (or finish) every stage of ``recipe`` in ``out_dir``; write summary.json.
+
+    The whole recipe is checked before the first stage; one process at a time per folder."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe.validate()
     if recipe.runtime.threads:
         torch.set_num_threads(recipe.runtime.threads)
-    resolved = recipe.to_yaml(command)
-    atomic_write(out_dir / RESOLVED_FILE, lambda tmp: Path(tmp).write_text(resolved))
-    p = Pipeline(recipe, out_dir, force=force, quiet=quiet, log=log)
-    p.prepare_data()
+    with Ledger(out_dir, name=STATE_FILE, force=force, log=log) as ledger:
+        p = Pipeline(recipe, out_dir, ledger, quiet=quiet, log=log)
+        p.preflight()
+        ledger.write_text(out_dir / RESOLVED_FILE, recipe.to_yaml(command))
+        p.prepare_data()
+        checkpoints = _stages(p)
+        results = p.evaluate(checkpoints)
+        reference = p.reference_flops()
+        rows = stage_rows(recipe, checkpoints, results, reference, p.charged)
+        last = rows[-1] if recipe.scratch is not None else next(r for r in rows if r["stage"] == "final")
+        charged = last["flops_charged"]
+        summary = Summary(recipe.name, out_dir, rows, p.outcomes, reference, time.perf_counter() - t0,
+                          extra={"flops_charged": charged, "flops_norm": flops_norm(charged, reference),
+                                 "reference_epochs": recipe.reference.epochs,
+                                 "data": p.data.to_dict(), "eval_test_set": recipe.eval.test_set})
+        summary.path = ledger.write_text(out_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=1))
+    return summary
+
+
+def _stages(p: Pipeline) -> dict[str, Path]:
+    """Run the recipe's stage graph; the checkpoints to evaluate, by role."""
+    recipe = p.r
+    if recipe.scratch is not None:
+        return {"scratch": p.scratch()}
     net1 = p.net1()
-    net2 = p.net2(net1) if recipe.fuse.fusion else None
-    grown = p.fuse(net1, net2)
-    tuned = p.finetune(grown)
-    final = p.export(tuned)
-    meta_final = read_meta(final)
-    charged = meta_final.flops.training - meta_final.flops.given
+    p.net1_flops = read_meta(net1).flops.training
+    net2 = None
+    if recipe.method == "mixturegrowth":
+        net2 = p.net2(net1) if recipe.fuse.fusion else None
+        grown = p.fuse(net1, net2)
+        tuned = p.finetune(grown)
+        final = p.export(tuned)
+    else:
+        grown = p.grow_baseline(net1)
+        tuned = final = p.finetune(grown)
+    charged = p.charged(final, "final")
     match = p.match(charged, tuned) if recipe.reference.train_match else None
     checkpoints = {"net1": net1}
     if net2 is not None:
@@ -338,46 +396,4 @@ def run_pipeline(recipe: Recipe, out_dir: Path | str, *, command: str | None = N
     checkpoints.update({"grown": grown, "final": final})
     if match is not None:
         checkpoints["match"] = match
-    results = p.evaluate(checkpoints)
-    reference = p.reference_flops()
-    rows = _rows(recipe, checkpoints, results, reference)
-    summary = Summary(recipe.name, out_dir, rows, p.outcomes, reference, time.perf_counter() - t0,
-                      extra={"flops_charged": charged, "flops_norm": flops_norm(charged, reference),
-                             "reference_epochs": recipe.reference.epochs,
-                             "data": p.data.to_dict(), "eval_test_set": recipe.eval.test_set})
-    path = out_dir / SUMMARY_FILE
-    text = json.dumps(summary.to_dict(), indent=1)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-    summary.path = path
-    return summary
-
-
-def _rows(recipe: Recipe, checkpoints: dict[str, Path], results: dict[str, Any],
-          reference: float) -> list[dict[str, Any]]:
-    """One row per stage: accuracy, FLOPs the stage spent, FLOPs charged so far and FLOPs Norm.
-
-    Charged = the checkpoint's training FLOPs minus those of its *given* inputs (net 1);
-    a stage's own spending is its charge minus that of the stage it continues from."""
-    labels = {
-        "net1": "net 1 (given)" if recipe.net1.checkpoint else "net 1 (trained, given)",
-        "net2": f"net 2 (growth point {recipe.net2.growth_point:g})",
-        "grown": "grown, at growth" + ("" if recipe.fuse.fusion else " (w/o fusion)"),
-        "final": "grown + fine-tuned",
-        "match": "large, same FLOPs",
-    }
-    parent = {"net1": None, "net2": None, "grown": "net2" if "net2" in checkpoints else None,
-              "final": "grown", "match": None}
-    rows, charged_of = [], {}
-    for role, path in checkpoints.items():
-        meta = read_meta(path)
-        charged = 0.0 if role == "net1" else meta.flops.training - meta.flops.given
-        before = charged_of.get(parent[role], 0.0) if parent[role] else 0.0
-        spent = meta.flops.training if role == "net1" else charged - before
-        charged_of[role] = charged
-        r = results.get(role, {})
-        a = meta.arch
-        rows.append({"stage": role, "label": labels[role], "checkpoint": str(path),
-                     "arch": f"{a.name} x{a.width:g}", "arch_full": a.describe(),
-                     "top1": r.get("top1"), "top5": r.get("top5"), "flops_spent": spent,
-                     "flops_charged": charged, "flops_norm": flops_norm(charged, reference)})
-    return rows
+    return checkpoints

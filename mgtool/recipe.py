@@ -67,6 +67,9 @@ class Net2Section:
     train: TrainSection | None = None  # None: net 1's schedule
     growth_point: float = 1.0  # fraction of net 2's schedule trained before growing (Table 2)
     seed: int | None = None  # None: net 1's + 1
+    # A net 2 trained elsewhere (small, template-mixing, net 1's plan): fused as is, and
+    # charged (unlike net 1); then train, growth_point and seed are not given.
+    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,20 @@ class FuseSection:
 @dataclass(frozen=True)
 class FinetuneSection:
     train: TrainSection
+    seed: int = 0
+    # Fine-tune until the whole growth has spent this FLOPs Norm (the paper's 0.45X): the
+    # epochs are then computed, and ``train.epochs`` is not used.
+    flops_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class ScratchSection:
+    """One net trained from scratch instead of growing (the paper's Large, Small and their Match rows)."""
+
+    train: TrainSection
+    size: str = "large"  # large: ``fuse.factor`` times arch.width; small: arch.width
+    kind: str = "plain"  # plain, or template-mixing (arch.templates, arch.share)
+    flops_norm: float | None = None  # train to this FLOPs Norm (epochs computed; train.epochs unused)
     seed: int = 0
 
 
@@ -110,18 +127,27 @@ class RuntimeSection:
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
 
+GROWTH_METHODS = ("mixturegrowth", "random", "net2net")
+
+
 @dataclass(frozen=True)
 class Recipe:
+    """A growth (``method``: MixtureGrowth, or a baseline that widens net 1 alone with
+    ``fuse.factor`` and ``fuse.seed``), or with ``scratch`` one net trained from scratch
+    (then ``net1`` and ``finetune`` are not given)."""
+
     name: str
     data: DataSection
     arch: ArchSection
-    net1: Net1Section
-    finetune: FinetuneSection
-    reference: ReferenceSection
+    net1: Net1Section | None = None  # required unless scratch
+    finetune: FinetuneSection | None = None  # required unless scratch
+    reference: ReferenceSection | None = None  # required
     net2: Net2Section = field(default_factory=Net2Section)
     fuse: FuseSection = field(default_factory=FuseSection)
     eval: EvalSection = field(default_factory=EvalSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    method: str = "mixturegrowth"
+    scratch: ScratchSection | None = None
     description: str = ""
     version: int = RECIPE_VERSION
 
@@ -136,25 +162,10 @@ class Recipe:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def validate(self) -> None:
-        if self.version != RECIPE_VERSION:
-            raise MgtoolError(f"recipe version {self.version} is not supported (this mgtool reads {RECIPE_VERSION})")
-        if (self.net1.checkpoint is None) == (self.net1.train is None):
-            raise MgtoolError("recipe net1: give exactly one of checkpoint (a given net 1) or train (train it here)")
-        if not 0.0 < self.net2.growth_point <= 1.0:
-            raise MgtoolError(f"recipe net2.growth_point must be in (0, 1], got {self.net2.growth_point}")
-        if self.fuse.factor < 2:
-            raise MgtoolError(f"recipe fuse.factor must be at least 2, got {self.fuse.factor}")
-        if self.fuse.fusion and self.fuse.factor != 2:
-            raise MgtoolError("recipe fuse.factor: fusing net 1 and net 2 grows by exactly 2 "
-                              "(set fuse.fusion: false to grow one net by another factor)")
-        if self.eval.test_set not in ("subset", "full"):
-            raise MgtoolError(f"recipe eval.test_set must be subset or full, got {self.eval.test_set!r}")
-        if self.reference.epochs < 1:
-            raise MgtoolError(f"recipe reference.epochs must be at least 1, got {self.reference.epochs}")
-        for where, t in (("net1.train", self.net1.train), ("net2.train", self.net2.train),
-                         ("finetune.train", self.finetune.train)):
-            if t is not None and (t.epochs is None or t.epochs < 1):
-                raise MgtoolError(f"recipe {where}.epochs must be given, at least 1, got {t.epochs}")
+        """Every value, before anything runs: a typo fails in seconds, naming its key."""
+        from mgtool.recipe_checks import validate_recipe
+
+        validate_recipe(self)
 
 
 def _plain(value: Any) -> Any:

@@ -162,3 +162,74 @@ def test_killed_training_stage_resumes(tmp_path: Path) -> None:
     epochs = [json.loads(line)["epoch"] for line in (out / "net1.metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 16))
     assert not state.exists() and read_meta(out / "net1.safetensors").training["complete"]
+
+
+@pytest.mark.parametrize("name", ["summary.json", "recipe.resolved.yaml", "net1.metrics.jsonl", "eval.json"])
+def test_files_the_pipeline_did_not_write_are_left_alone(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_text("mine")
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(out), "-q"])
+    assert result.exit_code == 1 and "not written by this pipeline" in result.stderr, result.stderr
+    assert (out / name).read_text() == "mine"
+    assert result.stdout == ""
+
+
+def test_a_foreign_ledger_is_not_adopted(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "pipeline.json").write_text('{"stages": {}}')
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(out), "-q"])
+    assert result.exit_code == 1 and "not written by mgtool's runner" in result.stderr
+    assert not (out / "net1.safetensors").exists()
+
+
+def test_changed_output_is_refused_and_stale_tmp_files_are_removed(tmp_path: Path, smoke: tuple[Path, dict]) -> None:
+    src, _ = smoke
+    out = tmp_path / "run"
+    out.mkdir()
+    for p in src.iterdir():
+        if p.is_file():
+            (out / p.name).write_bytes(p.read_bytes())
+    stale = out / ".finetuned.safetensors.k3j2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    summary = run([str(SMOKE), "-o", str(out)])
+    assert set(statuses(summary).values()) == {"skipped"} and not stale.exists()
+    (out / "summary.json").write_text("edited by hand")
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(out), "-q"])
+    assert result.exit_code == 1 and "changed since this pipeline wrote it" in result.stderr
+    (out / "summary.json").chmod(0o600)
+    summary = run([str(SMOKE), "-o", str(out), "--force"])
+    assert (out / "summary.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("fuse.init=ortogonal", "fuse.init"), ("eval.batch_size=0", "eval.batch_size"), ("arch.name=wrm", "arch.name"),
+    ("arch.share=all", "arch.share"), ("net1.train.schedule=cos", "net1.train.schedule"),
+    ("runtime.device=gpu", "runtime.device"), ("name=../..", "name")])
+def test_a_bad_recipe_value_fails_before_the_first_stage(tmp_path: Path, override: str, key: str) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(out), "-q", "--set", override])
+    assert result.exit_code == 1 and f"{key} must" in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_arch_options_are_checked_before_the_first_stage(tmp_path: Path) -> None:
+    from mgtool.errors import MgtoolError
+    from mgtool.pipeline import run_pipeline
+    from mgtool.recipe import load_recipe
+
+    recipe = load_recipe(SMOKE, ["arch.name=wrn", "arch.options={depth: 11}"])
+    with pytest.raises(MgtoolError, match="depth must be"):
+        run_pipeline(recipe, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "pipeline.json").exists()  # no stage started
+    with pytest.raises(MgtoolError, match="finetune.train.milestones"):  # refused when the recipe is read
+        load_recipe(SMOKE, ["finetune.train.warmup_epochs=0.5", "finetune.train.schedule=step"])
+
+
+def test_a_missing_given_checkpoint_fails_before_the_first_stage(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(out), "-q", "--set",
+                                 f"net2.checkpoint={tmp_path / 'absent.safetensors'}"])
+    assert result.exit_code == 1 and "recipe net2.checkpoint" in result.stderr and "does not exist" in result.stderr
+    assert not (out / "pipeline.json").exists()

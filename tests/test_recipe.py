@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mgtool.cli import app
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, SettingError
 from mgtool.recipe import load_recipe, recipe_command, recipe_from_dict
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -123,3 +123,56 @@ def test_run_cli_help_and_bad_recipes(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no such recipe" in result.stderr
     result = runner.invoke(app, ["run", str(SMOKE), "--set", "nonsense"])
     assert result.exit_code == 1 and "KEY=VALUE" in result.stderr
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("fuse.init=ortogonal", "fuse.init"), ("fuse.noise=-1", "fuse.noise"), ("eval.batch_size=0", "eval.batch_size"),
+    ("eval.limit=0", "eval.limit"), ("arch.name=wrm", "arch.name"), ("arch.share=all", "arch.share"),
+    ("arch.templates=0", "arch.templates"), ("arch.width=0", "arch.width"), ("data.name=fashion", "data.name"),
+    ("finetune.train.schedule=cos", "finetune.train.schedule"), ("finetune.train.lr=0", "finetune.train.lr"),
+    ("net1.train.momentum=1", "net1.train.momentum"), ("finetune.train.batch_size=0", "finetune.train.batch_size"),
+    ("runtime.device=gpu", "runtime.device"), ("runtime.precision=fp16", "runtime.precision"),
+    ("runtime.loader=fast", "runtime.loader"), ("runtime.threads=0", "runtime.threads"),
+    ("reference.epochs=0", "reference.epochs"), ("method=grow", "method"), ("fuse.factor=3", "fuse.factor"),
+])
+def test_every_value_is_checked_and_named_by_its_key(override: str, key: str) -> None:
+    with pytest.raises(SettingError) as e:
+        recipe_from_dict(smoke_dict(), [override])
+    assert e.value.label == key and str(e.value).startswith(f"{key} must")
+
+
+@pytest.mark.parametrize("name", ["../..", "..", ".", "", "/abs", "a/b", "a\\b", "runs/x"])
+def test_the_name_is_a_plain_folder_name(name: str) -> None:
+    with pytest.raises(SettingError) as e:
+        recipe_from_dict({**smoke_dict(), "name": name})
+    assert e.value.label == "name"
+    assert recipe_from_dict({**smoke_dict(), "name": "ok-name_1.v2"}).name == "ok-name_1.v2"
+
+
+def test_scratch_recipes_need_no_growth_sections_and_refuse_them() -> None:
+    data = smoke_dict()
+    train = data["finetune"]["train"]
+    for key in ("net1", "net2", "fuse", "finetune"):
+        del data[key]
+    r = recipe_from_dict({**data, "scratch": {"train": train, "size": "small", "kind": "template-mixing"}})
+    assert r.scratch.kind == "template-mixing" and r.net1 is None
+    with pytest.raises(MgtoolError, match="missing key 'net1'"):
+        recipe_from_dict(data)
+    with pytest.raises(MgtoolError, match="recipe finetune: not used by a scratch"):
+        recipe_from_dict({**smoke_dict(), "net1": None, "scratch": {"train": train}})
+    with pytest.raises(SettingError, match="scratch.size must"):
+        recipe_from_dict({**data, "scratch": {"train": train, "size": "huge"}})
+
+
+def test_run_cli_refuses_a_bad_name_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", str(SMOKE), "--set", "name=../escaped"])
+    assert result.exit_code == 1 and "name must be a plain folder name" in result.stderr
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_given_net2_takes_no_training_settings() -> None:
+    r = recipe_from_dict(smoke_dict(), ["net2.checkpoint=n2.safetensors"])
+    assert r.net2.checkpoint == "n2.safetensors"
+    with pytest.raises(MgtoolError, match="net2: a given checkpoint is fused as is"):
+        recipe_from_dict(smoke_dict(), ["net2.checkpoint=n2.safetensors", "net2.growth_point=0.5"])

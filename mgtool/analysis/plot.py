@@ -77,3 +77,38 @@ def _ticks(setter: object, count: int, labels: Sequence[str], rotate: bool = Fal
     positions = list(range(0, count, step))
     kwargs = {"rotation": 90, "fontsize": 7} if rotate else {"fontsize": 7}
     setter(positions, [labels[i] for i in positions], **kwargs)  # type: ignore[operator]
+
+
+def plot_series(
+    series: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    out: Path,
+    hline: float | None = None,
+) -> None:
+    """Lines with error bars, one per ``(label, xs, ys, errors)``, to ``out`` atomically.
+
+    The file is a function of the arguments alone (no date or software version written
+    into it), so a report rebuilt from the same numbers is byte for byte the same."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5), dpi=130, layout="constrained")
+    ax = fig.add_subplot()
+    markers = "osD^v<>ph*"
+    for i, (label, xs, ys, errs) in enumerate(series):
+        ax.errorbar(list(xs), list(ys), yerr=list(errs), fmt=markers[i % len(markers)] + "-", color=f"C{i % 10}",
+                    capsize=3, lw=1, ms=5, label=label)
+    if hline is not None:
+        ax.axhline(hline, ls="--", color="gray", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if series:
+        ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fmt = out.suffix.lstrip(".").lower()
+    metadata = {"Software": None} if fmt == "png" else {"Creator": None, "Date": None} if fmt == "svg" else {
+        "Creator": None, "Producer": None, "CreationDate": None}
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, metadata=metadata))

@@ -63,14 +63,17 @@ def run_cmd(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, KEY=VALUE with a dotted key (repeatable), "
         "e.g. --set finetune.train.epochs=5.", show_default=False)] = None,
-    force: ForceOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace files in DIR that this pipeline did not write "
+                                        "(or that changed since it wrote them), and adopt a pipeline.json it "
+                                        "did not write.")] = False,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run a recipe: net 1 (train or convert), net 2, fuse, finetune, export, eval.
 
-    Each stage writes its own file in DIR; a rerun skips stages whose inputs and settings
-    are unchanged and resumes an interrupted training stage. Ends with a table of every
+    The whole recipe is checked first. Each stage writes its own file in DIR; a rerun
+    skips stages whose inputs and settings are unchanged and resumes an interrupted
+    training stage; one process at a time per DIR. Ends with a table of every
     stage's accuracy and training FLOPs (FLOPs Norm against the large net from scratch)
     and writes DIR/summary.json (its path on stdout).
 
