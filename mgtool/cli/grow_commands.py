@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, emit, handle_errors
+from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, done, emit, handle_errors
 
 SeedOpt = Annotated[int, typer.Option(help="Seed of the new coefficients / weights / unit maps.")]
 
@@ -52,10 +52,8 @@ def fuse_cmd(
 
     result = fuse(sources, output, init=init, factor=factor, seed=seed, noise=noise, verify=verify, force=force)
     d = result.to_dict()
-    console.print(
-        f"[green]fused[/] {len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "
-        f"{result.new_tiles} new tiles ({init}), {result.parameters:,} parameters"
-    )
+    done("fused", f"{len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "
+         f"{result.new_tiles} new tiles ({init}), {result.parameters:,} parameters")
     if "verify" in d:
         console.print(
             f"verified: max |logit diff| {d['verify']['max_abs_logit_diff']:.3g} "
@@ -85,7 +83,7 @@ def grow_cmd(
     note = ""
     if "verify" in d:
         note = f", max |logit diff| {d['verify']['max_abs_logit_diff']:.3g} (scale {d['verify']['logit_scale']:.3g})"
-    console.print(f"[green]grew[/] {src} -> {result.path} ({method}, x{factor}){note}")
+    done("grew", f"{src} -> {result.path} ({method}, x{factor}){note}")
     emit(result.path, d, json_)
 
 

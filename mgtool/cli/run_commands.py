@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from mgtool.cli.common import console, emit, handle_errors
 
@@ -19,8 +21,18 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print summary.json's content on stdout instead of its path.")]
 
 
+_STYLED = re.compile(r"\[(dim|bold)\](.*?)\[/\]")
+
+
 def _log(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
+    """A pipeline line, printed literally except the runner's own [dim]/[bold] spans."""
+    text, end = Text(), 0
+    for m in _STYLED.finditer(message):
+        text.append(message[end:m.start()])
+        text.append(m.group(2), style=m.group(1))
+        end = m.end()
+    text.append(message[end:])
+    console.print(text, soft_wrap=True)
 
 
 def _pct(x: float | None) -> str:
@@ -62,7 +74,7 @@ def run_cmd(
     output: OutDirOpt = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, KEY=VALUE with a dotted key (repeatable), "
-        "e.g. --set finetune.train.epochs=5.", show_default=False)] = None,
+        "e.g. --set finetune.train.epochs=5.", show_default=False, metavar="KEY=VALUE")] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     json_: JsonOpt = False,

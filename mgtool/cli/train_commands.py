@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import JsonOpt, OutOpt, console, emit, handle_errors, parse_options
+from mgtool.cli.common import JsonOpt, OutOpt, console, done, emit, handle_errors, parse_options
 from mgtool.cli.data_options import (
     BatchSizeEvalOpt,
     DataDirOpt,
@@ -67,7 +67,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite OUT and start
 
 ArchOpt = Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")]
 WidthOpt = Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")]
-FamilyOpt = Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")]
+FamilyOpt = Annotated[list[str] | None, typer.Option(
+    help="Family option KEY=VALUE (repeatable), e.g. depth=16.", metavar="KEY=VALUE")]
 ClassesOpt = Annotated[int | None, typer.Option(help="Classes. (default: the data set's)", show_default=False)]
 InChansOpt = Annotated[int | None, typer.Option(help="Input channels. (default: the data set's)", show_default=False)]
 TemplatesOpt = Annotated[int | None, typer.Option(help="Templates per layer (t). (default: 2)", show_default=False)]
@@ -104,9 +105,9 @@ def _finish(result, quiet: bool, json_: bool) -> None:
         return
     d = result.to_dict()
     if not quiet:
-        console.print(f"[green]trained[/] {d['output']}: {d['epochs_done']:g} epochs, test top-1 "
-                      f"{d['test_top1']:.2%}, {d['training_flops']:.4g} training FLOPs in total, "
-                      f"{d['wall_s']:.1f}s", highlight=False, soft_wrap=True)
+        epochs = f"{d['epochs_done']:g} epoch{'' if d['epochs_done'] == 1 else 's'}"
+        done("trained", f"{d['output']}: {epochs}, test top-1 {d['test_top1']:.2%}, "
+             f"{d['training_flops']:.4g} training FLOPs in total, {d['wall_s']:.1f}s")
     emit(result.out, d, json_)
 
 
@@ -116,7 +117,7 @@ def train_small_cmd(
     epochs: EpochsOpt,
     arch: Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
     width: Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
-    opt: Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
+    opt: FamilyOpt = None,
     num_classes: ClassesOpt = None,
     in_chans: InChansOpt = None,
     templates: TemplatesOpt = None,
