@@ -86,6 +86,16 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def check_arch(name: str | None) -> None:
+    """An unknown --arch is a usage error (exit 2)."""
+    if name is None:
+        return
+    from mgtool.archs import family_names
+
+    if name not in family_names():
+        raise usage_error(f"--arch: unknown architecture {name!r}; known: {', '.join(family_names())}")
+
+
 def usage_error(message: str) -> typer.Exit:
     """One line on stderr and exit code 2 (a bad option or a missing one): ``raise usage_error(...)``."""
     _report(f"error: {message}")

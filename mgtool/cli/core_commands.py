@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, SrcArg, arch_spec, console, done, emit, handle_errors
+from mgtool.cli.common import (
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    SrcArg,
+    arch_spec,
+    check_arch,
+    console,
+    done,
+    emit,
+    handle_errors,
+    usage_error,
+)
 
 
 @handle_errors
@@ -36,6 +48,10 @@ def convert_cmd(
     """
     from mgtool.convert import convert
 
+    if arch is None and not _has_mgtool_metadata(src):
+        raise usage_error(f"{src}: no mgtool metadata names its architecture; pass --arch and --width "
+                          "(families: `mgtool info --archs`)")
+    check_arch(arch)
     spec = arch_spec(arch, width, num_classes, in_chans, opt)
     result = convert(src, spec, templates=templates, share=share, seed=seed, out=output, force=force)
     done("converted", f"{src} -> {result.path}  "
@@ -84,6 +100,17 @@ def info_cmd(
         return
     _print_info(info)
     emit(src, info, False)
+
+
+def _has_mgtool_metadata(src: Path) -> bool:
+    from mgtool.checkpoint import METADATA_KEY, read_raw_metadata
+
+    if src.suffix != ".safetensors" or not src.is_file():
+        return not src.exists()  # a missing file gets its own error
+    try:
+        return METADATA_KEY in (read_raw_metadata(src) or {})
+    except Exception:
+        return True  # unreadable: convert reports it
 
 
 def _list_archs(as_json: bool) -> None:

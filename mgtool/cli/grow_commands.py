@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, done, emit, handle_errors
+from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, done, emit, handle_errors, usage_error
 
 SeedOpt = Annotated[int, typer.Option(help="Seed of the new coefficients / weights / unit maps.")]
 
@@ -36,6 +36,8 @@ def fuse_cmd(
             "of the inputs' logits before writing.",
         ),
     ] = False,
+    allow_same: Annotated[bool, typer.Option(
+        "--allow-same", help="Accept the same file twice (net 1 fused with itself).")] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -48,8 +50,18 @@ def fuse_cmd(
 
     Example: mgtool fuse net1.safetensors net2.safetensors --init orthogonal -o grown.safetensors
     """
+    from mgtool.coef_init import init_names
     from mgtool.fuse import fuse
 
+    if init not in init_names():
+        raise usage_error(f"--init: unknown initialiser {init!r}; known: {', '.join(init_names())}")
+    seen: dict[Path, Path] = {}
+    for src in sources:
+        same = seen.get(src.resolve())
+        if same is not None and not allow_same:
+            raise usage_error(f"{src}: given twice (also as {same}); fusing a net with itself is rarely "
+                              "meant: pass two different nets, or --allow-same")
+        seen[src.resolve()] = src
     result = fuse(sources, output, init=init, factor=factor, seed=seed, noise=noise, verify=verify, force=force)
     d = result.to_dict()
     done("fused", f"{len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "

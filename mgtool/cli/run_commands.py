@@ -101,7 +101,9 @@ def run_cmd(
 
 @handle_errors
 def demo_cmd(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("runs/demo"),
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Folder for the demo's files. [default: runs/demo, with --quick runs/demo-quick]",
+        show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A few hundred images, one epoch per stage (CI).")] = False,
     data: Annotated[str, typer.Option(
         "--data", help="fashion-mnist, or synthetic (random images of the same shape; for tests only).",
@@ -129,9 +131,26 @@ def demo_cmd(
     """
     from mgtool.demo import run_demo
 
+    output = output or Path("runs/demo-quick" if quick else "runs/demo")
     summary = run_demo(output, quick=quick, data=data, data_dir=data_dir, download=download, device=device,
                        threads=threads or None, force=force, quiet=quiet, log=_log)
     _finish(summary, json_)
+    console.print(next_steps(summary.out_dir), soft_wrap=True)
+
+
+def next_steps(out_dir: Path | str) -> str:
+    """What to do with the demo's files: load, export, evaluate (commands that work as shown)."""
+    out = Path(out_dir)
+    q = shlex.quote
+    return "\n".join([
+        "next:",
+        f"  python -c \"import mgtool; print(mgtool.load({str(out / 'finetuned.safetensors')!r}))\""
+        "   # the grown net as a torch module",
+        f"  mgtool export {q(str(out / 'finetuned.safetensors'))} -o {q(str(out / 'grown.plain.safetensors'))}"
+        "   # plain weights, the family's key names",
+        f"  mgtool eval {q(str(out / 'finetuned.safetensors'))} --json   # accuracy on the stored data set",
+        f"  mgtool info {q(str(out / 'grown.safetensors'))}   # architecture, template banks, FLOPs",
+    ])
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import JsonOpt, OutOpt, console, done, emit, handle_errors, parse_options
+from mgtool.cli.common import (
+    JsonOpt,
+    OutOpt,
+    check_arch,
+    console,
+    done,
+    emit,
+    handle_errors,
+    parse_options,
+    usage_error,
+)
 from mgtool.cli.data_options import (
     BatchSizeEvalOpt,
     DataDirOpt,
@@ -91,6 +101,13 @@ def _milestones(text: str | None) -> tuple[float, ...] | None:
                                  param_hint="--milestones") from None
 
 
+def _check_schedule(schedule: str | None) -> None:
+    from mgtool.train.schedule import SCHEDULES
+
+    if schedule is not None and schedule not in SCHEDULES:
+        raise usage_error(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
 def _runtime(device: str, precision: str, channels_last: bool | None, compile_: bool, loader: str,
              workers: int | None, keep_every: int, quiet: bool):
     from mgtool.train import Runtime
@@ -172,6 +189,10 @@ def train_small_cmd(
                                  param_hint=sources[0])
     if arch is not None and width is None:
         raise typer.BadParameter("--arch needs --width", param_hint="--width")
+    check_arch(arch)
+    if templates is not None and templates < 1:
+        raise usage_error(f"--templates must be at least 1, got {templates}")
+    _check_schedule(schedule)
     source = like or init_from
     cfg = data_config_from_cli(data, data_dir, data_opt, download,
                                fallback=stored_data(source) if source else None)
@@ -183,7 +204,8 @@ def train_small_cmd(
                          seed=seed if seed is not None else 0)
     runtime = _runtime(device, precision, channels_last, compile_, loader, workers, keep_every, quiet)
     result = train_small(output, cfg, train, runtime, arch=arch, width=width, options=parse_options(opt),
-                         num_classes=num_classes, in_chans=in_chans, templates=templates or 2,
+                         num_classes=num_classes, in_chans=in_chans,
+                         templates=2 if templates is None else templates,
                          share=share or "pairs", like=like, init_from=init_from, resume=resume,
                          force=force)
     _finish(result, quiet, json_)
@@ -229,6 +251,7 @@ def finetune_cmd(
     from mgtool.train import finetune, train_config
     from mgtool.train.api import stored_data
 
+    _check_schedule(schedule)
     cfg = data_config_from_cli(data, data_dir, data_opt, download, fallback=stored_data(src))
     train = train_config(cfg.name, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=wd,
                          momentum=momentum, nesterov=nesterov, schedule=schedule,

@@ -312,6 +312,9 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
+SYNTHETIC_MAX_BYTES = 2**32  # uint8 images per split: random data for tests never needs more
+
+
 @register_dataset
 class Synthetic(Dataset):
     """Seeded random images: a low-frequency pattern per class plus noise (so it is learnable)."""
@@ -326,6 +329,10 @@ class Synthetic(Dataset):
         classes = int(o["classes"])
         if classes < 1 or int(o["train_size"]) < 1 or int(o["test_size"]) < 1:
             raise MgtoolError("synthetic: classes, train_size and test_size must be positive")
+        shape = parse_shape(o["shape"])  # bounded before anything is allocated:
+        if max(int(o["train_size"]), int(o["test_size"])) * math.prod(shape) > SYNTHETIC_MAX_BYTES:
+            raise MgtoolError(f"synthetic: train_size/test_size of {shape} images exceed "
+                              f"{SYNTHETIC_MAX_BYTES / 2**30:g} GiB per split; use fewer or smaller images")
         return DatasetInfo(self.name, parse_shape(o["shape"]), classes, int(o["train_size"]),
                            int(o["test_size"]), True)
 
