@@ -33,7 +33,7 @@ def stored_tensors(path: Path | str) -> dict[str, Tensor]:
     """The file's tensors as meta tensors of the stored shapes, read from the header only."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f}
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except Exception as e:  # safetensors raises its own error types for every header problem
         raise MgtoolError(f"{path}: cannot read the tensor header ({first_line(e)})") from None
 

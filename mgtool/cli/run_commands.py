@@ -144,12 +144,12 @@ def next_steps(out_dir: Path | str) -> str:
     q = shlex.quote
     return "\n".join([
         "next:",
-        f"  python -c \"import mgtool; print(mgtool.load({str(out / 'finetuned.safetensors')!r}))\""
+        f"  python -c \"import mgtool; print(mgtool.load({str(out / 'final.safetensors')!r}))\""
         "   # the grown net as a torch module",
-        f"  mgtool export {q(str(out / 'finetuned.safetensors'))} -o {q(str(out / 'grown.plain.safetensors'))}"
-        "   # plain weights, the family's key names",
-        f"  mgtool eval {q(str(out / 'finetuned.safetensors'))} --json   # accuracy on the stored data set",
+        f"  mgtool eval {q(str(out / 'final.safetensors'))} --json   # its accuracy on the stored data set",
         f"  mgtool info {q(str(out / 'grown.safetensors'))}   # architecture, template banks, FLOPs",
+        f"  mgtool export {q(str(out / 'finetuned.safetensors'))} -o {q(str(out / 'mine.safetensors'))}"
+        "   # template-mixing -> plain weights (final.safetensors is this, done by the demo)",
     ])
 
 
