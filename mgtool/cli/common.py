@@ -57,20 +57,12 @@ def handle_errors(func: F) -> F:
                 result = func(*args, **kwargs)
             except (TyperException, typer.Exit, typer.Abort, SystemExit) as e:
                 passthrough = e
-            except SettingError as e:
-                failure = (f"error: {e}", 2)
-            except MgtoolError as e:
-                failure = (f"error: {e}", 1)
-            except KeyboardInterrupt:
-                failure = ("error: interrupted", 1)
-            except OSError as e:
-                where = e.filename if e.filename is not None else stage
-                failure = (f"error: {where}: {e.strerror or first_line(e)}", 1)
-            except Exception as e:  # a bug: still one line unless --debug
-                failure = (f"error: {stage}: unexpected {type(e).__name__}: {first_line(e)} "
-                           "(rerun with --debug for the traceback)", 1)
-            if failure is not None and debug_enabled():
-                trace = traceback.format_exc()
+            except BaseException as e:
+                failure = _classify(e, stage)
+                if failure is None:
+                    raise
+                if debug_enabled():
+                    trace = traceback.format_exc()
             pending = list(caught)
         # Outside catch_warnings, so they print: after success, or with --debug.
         if failure is None or debug_enabled():
@@ -94,6 +86,23 @@ def check_arch(name: str | None) -> None:
 
     if name not in family_names():
         raise usage_error(f"--arch: unknown architecture {name!r}; known: {', '.join(family_names())}")
+
+
+def _classify(e: BaseException, stage: str) -> tuple[str, int] | None:
+    """The one error line and exit code for ``e`` (None: not ours to report)."""
+    if isinstance(e, SettingError):
+        return f"error: {e}", 2
+    if isinstance(e, MgtoolError):
+        return f"error: {e}", 1
+    if isinstance(e, KeyboardInterrupt):
+        return "error: interrupted", 1
+    if isinstance(e, OSError):
+        where = e.filename if e.filename is not None else stage
+        return f"error: {where}: {e.strerror or first_line(e)}", 1
+    if isinstance(e, Exception):  # a bug: still one line unless --debug
+        return (f"error: {stage}: unexpected {type(e).__name__}: {first_line(e)} "
+                "(rerun with --debug for the traceback)", 1)
+    return None
 
 
 def usage_error(message: str) -> typer.Exit:
