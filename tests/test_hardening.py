@@ -123,6 +123,25 @@ def test_header_sizes_are_checked_against_stored_tensors_before_allocating(tm, t
     assert "shape mismatches" in line and "14000000" in line
 
 
+@pytest.mark.parametrize("field, value", [("width", 100_000.0), ("num_classes", 1_000_000_000)])
+def test_architecture_sizes_are_checked_against_stored_tensors(plain, tmp_path, field, value):
+    def huge(raw):
+        raw["arch"][field] = value
+
+    bad = _rewrite(plain, tmp_path / "huge.safetensors", meta=huge)
+    line = _one_line(_run(["info", bad, "--no-flops"]))
+    assert "shape mismatches" in line or "missing keys" in line
+
+
+def test_eval_refuses_a_huge_synthetic_data_section(tm, tmp_path):
+    def huge(raw):
+        raw["data"] = {"name": "synthetic", "options": {"shape": "3x8x8", "test_size": 2_000_000_000}}
+
+    bad = _rewrite(tm, tmp_path / "huge.safetensors", meta=huge)
+    line = _one_line(_run(["eval", bad, "--device", "cpu"]))
+    assert "exceed" in line
+
+
 def test_expanded_stride0_tensors_are_refused(plain_ckpts, tmp_path):
     sd = torch.load(plain_ckpts["tiny-cnn"], weights_only=True)
     head = next(k for k in sd if k.endswith("weight") and sd[k].ndim == 2)
