@@ -1,10 +1,52 @@
-"""mgtool: grow neural networks the MixtureGrowth way (Pham et al., WACV 2024)."""
+"""mgtool: grow neural networks the MixtureGrowth way (Pham et al., WACV 2024).
+
+The library entry points are imported on first use, so ``mgtool --help`` and
+``mgtool --version`` start without importing torch.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
-from mgtool.convert import convert  # noqa: E402
-from mgtool.errors import MgtoolError  # noqa: E402
-from mgtool.export import export  # noqa: E402
-from mgtool.loading import load, load_checkpoint  # noqa: E402
+from mgtool.errors import MgtoolError  # noqa: E402  (pure Python, no torch)
+
+_LAZY = {
+    "convert": "mgtool.convert",
+    "export": "mgtool.export",
+    "load": "mgtool.loading",
+    "load_checkpoint": "mgtool.loading",
+}
 
 __all__ = ["MgtoolError", "__version__", "convert", "export", "load", "load_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mgtool' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``mgtool.convert``/``mgtool.export`` the functions: importing the submodules of
+    the same name would otherwise bind the modules over them."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

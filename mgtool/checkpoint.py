@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -152,10 +153,27 @@ def read_raw_metadata(path: Path) -> dict[str, str] | None:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata()
     except Exception as e:  # safetensors raises its own error types for every header problem
+        if _looks_like_torch_file(path):
+            raise MgtoolError(
+                f"{path}: a PyTorch file, not an mgtool checkpoint; convert it first: "
+                f"mgtool convert {path} --arch NAME --width W -o {path.with_suffix('.safetensors').name}"
+            ) from None
         raise MgtoolError(
             f"{path}: not a readable safetensors file ({first_line(e)}); "
             "is it truncated, or a different format?"
         ) from None
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A .pt/.pth/.bin/.ckpt name, or torch.save's zip or pickle magic bytes."""
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def read_meta(path: Path | str) -> CheckpointMeta:
@@ -204,21 +222,31 @@ def _few(keys: list[str], n: int = 4) -> str:
 
 
 def check_output_path(path: Path | str, force: bool) -> Path:
-    """Refuse an existing output without ``force`` and an output folder that does not exist."""
+    """Refuse an existing output without ``force``; create the output folder (and its parents)."""
     path = Path(path)
     if path.is_dir():
         raise MgtoolError(f"{path}: is a directory; give a file name such as {path / 'model.safetensors'}")
-    if not path.parent.exists():
-        raise MgtoolError(f"{path.parent}: output folder does not exist; create it first")
     if path.exists() and not force:
         raise MgtoolError(f"{path}: already exists; pass --force to overwrite it")
+    make_parent(path)
     return path
+
+
+def make_parent(path: Path) -> None:
+    """Create ``path``'s folder and its parents; a clear error if that is impossible."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MgtoolError(f"{path.parent}: cannot be the output folder (a part of it is a file)") from None
+    except OSError as e:
+        raise MgtoolError(f"{path.parent}: cannot create the output folder ({e.strerror or e})") from None
 
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename over it.
 
     A file that is replaced keeps its mode; a new one gets the usual mode (0666 less the umask)."""
+    make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -240,9 +268,20 @@ def _umask() -> int:
     return mask
 
 
+def check_finite(tensors: dict[str, Tensor], where: Path | str) -> None:
+    """Refuse NaN or Inf in any floating tensor (parameters and buffers such as BatchNorm's
+    running_var alike): a checkpoint never stores non-finite state as if it were good."""
+    for key, value in tensors.items():
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise MgtoolError(f"{where}: tensor {key} holds NaN/Inf; nothing written "
+                              "(the input or the training diverged: check the inputs, or lower the lr)")
+
+
 def save_checkpoint(path: Path | str, tensors: dict[str, Tensor], meta: CheckpointMeta, *, force: bool) -> Path:
-    """Write tensors and metadata atomically; never overwrites without ``force``."""
+    """Write tensors and metadata atomically; never overwrites without ``force``, never
+    writes a NaN or Inf."""
     path = check_output_path(path, force)
+    check_finite(tensors, path)
     clean: dict[str, Tensor] = {}
     storages: set[int] = set()
     for key, value in tensors.items():

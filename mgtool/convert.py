@@ -101,6 +101,11 @@ def infer_num_classes(arch: ArchSpec, sd: dict[str, Tensor], src: Path) -> int:
     heads = [name for name, m in probe.named_modules() if isinstance(m, nn.Linear)]
     key = f"{heads[-1]}.weight" if heads else None
     if key is None or key not in sd or sd[key].ndim != 2:
+        expected = {k for k in probe.state_dict() if not k.endswith(OPTIONAL_KEYS)}
+        missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - set(probe.state_dict()))
+        if missing or unexpected:  # the wrong family: say so before asking for --num-classes
+            raise MgtoolError(f"{src}: keys do not match {arch.describe()}: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}; check --arch, --width and --opt")
         raise MgtoolError(f"{src}: cannot infer the number of classes (no {key}); pass --num-classes")
     return int(sd[key].shape[0])
 

@@ -43,7 +43,7 @@ from mgtool.checkpoint import (
 )
 from mgtool.coef_init import CoefInit, get_init
 from mgtool.convert import RELATIVE_TOLERANCE, logit_check, logit_difference
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, check_range
 from mgtool.model import TemplateMixingNet
 from mgtool.plan import LayerPlan, TemplatePlan, mixable_layers
 from mgtool.provenance import Parent, new_provenance, sha256_file
@@ -282,8 +282,7 @@ def fuse_tensors(
     Returns the tensors and the number of new tiles initialised.
     """
     initialiser = get_init(init)
-    if noise < 0:
-        raise MgtoolError(f"--noise must be >= 0, got {noise}")
+    check_range("noise", noise, low=0)  # NaN and Inf are refused too
     assembly = _Assembly(layout)
     count = 0
     for index, source in enumerate(sources):
@@ -489,8 +488,7 @@ def fuse(
         check_output_path(out, force)
     g = _factor(len(paths), factor)
     get_init(init)  # refuse bad settings before reading anything
-    if noise < 0:
-        raise MgtoolError(f"--noise must be >= 0, got {noise}")
+    check_range("noise", noise, low=0)  # NaN and Inf are refused too
     metas = [(p, read_meta(p)) for p in paths]
     check_fusable(metas)
     meta0 = metas[0][1]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
 
 from mgtool.archs import build_plain
 from mgtool.checkpoint import CheckpointMeta, check_keys, read_meta, read_tensors
+from mgtool.errors import MgtoolError, first_line
 from mgtool.model import TemplateMixingNet
 
 
@@ -20,9 +23,32 @@ def build_model(meta: CheckpointMeta) -> nn.Module:
     return TemplateMixingNet(net, meta.plan)
 
 
+def expected_tensors(meta: CheckpointMeta) -> dict[str, Tensor]:
+    """The model's state dict on the meta device: names and shapes, no memory, no init."""
+    with torch.device("meta"):
+        return build_model(meta).state_dict()
+
+
+def stored_tensors(path: Path | str) -> dict[str, Tensor]:
+    """The file's tensors as meta tensors of the stored shapes, read from the header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as e:  # safetensors raises its own error types for every header problem
+        raise MgtoolError(f"{path}: cannot read the tensor header ({first_line(e)})") from None
+
+
+def check_against_header(meta: CheckpointMeta, path: Path | str) -> None:
+    """Every size the metadata implies must match the tensors the file stores, before
+    anything is allocated: a small header cannot make the loader build a huge model."""
+    check_keys(expected_tensors(meta), stored_tensors(path), str(path))
+
+
 def load_checkpoint(path: Path | str) -> tuple[nn.Module, CheckpointMeta]:
-    """Validate the header, build the model, then load every tensor strictly."""
+    """Validate the header (metadata against stored shapes), build the model, then load
+    every tensor strictly."""
     meta = read_meta(path)
+    check_against_header(meta, path)
     model = build_model(meta)
     tensors = read_tensors(path)
     check_keys(model.state_dict(), tensors, str(path))

@@ -261,7 +261,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise MgtoolError(f"--set expects KEY=VALUE with a dotted key such as finetune.train.epochs=5, got {text!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -291,6 +291,61 @@ def recipe_from_dict(data: Any, overrides: list[str] | None = None) -> Recipe:
     return recipe
 
 
+MAX_YAML_NODES = 100_000  # a recipe has a few hundred; aliases may not expand past this
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and bounds alias expansion: a 1 KB
+    file of nested aliases ("billion laughs") must not expand into gigabytes later."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _count_nodes(node, {}, [0])
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                        f"(first at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_nodes(node: Any, sizes: dict[int, int], total: list[int]) -> int:
+    """The node count of ``node`` with every alias expanded (memoised per node)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a recursive alias counts once; safe_load refuses recursion later anyway
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_count_nodes(child, sizes, total) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_count_nodes(k, sizes, total) + _count_nodes(v, sizes, total) for k, v in node.value)
+    if size > MAX_YAML_NODES:
+        raise yaml.YAMLError(f"aliases expand to more than {MAX_YAML_NODES:,} values (nested anchors?); "
+                             "refusing to expand them")
+    sizes[id(node)] = size
+    return size
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused and alias expansion bounded."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def read_recipe_text(path: Path | str) -> str:
     path = Path(path)
     try:
@@ -305,7 +360,7 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
     """Parse and validate a recipe file; errors name the file and the offending key."""
     text = read_recipe_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         raise MgtoolError(f"{path}: not valid YAML ({first_line(e)})") from None
     try:

@@ -49,7 +49,14 @@ def torch_load(path: Path, remedy: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; unreadable files get a one-line error."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower():  # weights_only refused a class: a pickled object, not tensors
+            raise MgtoolError(f"{path}: holds a pickled Python object (e.g. a whole module saved with "
+                              "torch.save(model)), which mgtool does not unpickle; save the weights "
+                              "instead: torch.save(model.state_dict(), 'weights.pth')") from None
+        raise MgtoolError(f"{path}: cannot read with torch.load(weights_only=True) ({first_line(e)}); "
+                          f"{remedy}") from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
         raise MgtoolError(f"{path}: cannot read with torch.load(weights_only=True) ({first_line(e)}); "
                           f"{remedy}") from None
 
@@ -67,6 +74,19 @@ def read_plain_weights(path: Path | str) -> dict[str, Tensor]:
     if not isinstance(sd, dict):
         raise MgtoolError(f"{path}: holds a {type(sd).__name__}, not a state dict")
     try:
-        return normalise_state_dict(sd)
+        tensors = normalise_state_dict(sd)
     except MgtoolError as e:
         raise MgtoolError(f"{path}: {e}") from None
+    check_backed(tensors, path)
+    return tensors
+
+
+def check_backed(tensors: dict[str, Tensor], where: Path | str) -> None:
+    """Refuse tensors that claim more values than their memory holds (expanded, stride-0
+    views): a few KB of file must not make shapes that drive later work."""
+    for key, value in tensors.items():
+        needed = value.numel() * value.element_size()
+        if needed and value.untyped_storage().nbytes() < needed:
+            raise MgtoolError(f"{where}: tensor {key} of shape {tuple(value.shape)} is backed by only "
+                              f"{value.untyped_storage().nbytes()} bytes (an expanded or strided view?); "
+                              "save real tensors, e.g. {k: v.contiguous() for k, v in sd.items()}")

@@ -74,7 +74,7 @@ def test_usage_error_exits_2(tmp_path):
 
 @pytest.mark.parametrize(
     "case", ["truncated", "not-a-checkpoint", "wrong-width", "wrong-arch", "missing-key", "unexpected-key",
-             "missing-file", "no-output-folder", "existing-output"],
+             "missing-file", "output-folder-is-a-file", "existing-output"],
 )
 def test_convert_bad_inputs(case, plain_ckpts, tmp_path):
     src = plain_ckpts["tiny-cnn"]
@@ -101,8 +101,9 @@ def test_convert_bad_inputs(case, plain_ckpts, tmp_path):
         torch.save(sd, src)
     elif case == "missing-file":
         src = tmp_path / "nope.pt"
-    elif case == "no-output-folder":
-        out = tmp_path / "missing" / "out.safetensors"
+    elif case == "output-folder-is-a-file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "out.safetensors"
     elif case == "existing-output":
         out.write_bytes(b"precious")
     result = _run(["convert", str(src), *args, "-o", str(out)])

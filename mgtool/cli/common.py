@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import re
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.exceptions import TyperException
 
-from mgtool.archs import ArchSpec
-from mgtool.errors import MgtoolError, first_line
+from mgtool.errors import MgtoolError, SettingError, first_line
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from mgtool.archs import ArchSpec
+
+# User text (paths, metadata) is printed literally: no rich markup, no highlighting.
+console = Console(stderr=True, markup=False, highlight=False)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 # Options that mean the same in every command that writes one checkpoint.
 SrcArg = Annotated[Path, typer.Argument(help="Input checkpoint.", show_default=False)]
@@ -33,36 +41,106 @@ def debug_enabled() -> bool:
 
 
 def handle_errors(func: F) -> F:
-    """Turn errors into one line on stderr and exit code 1 (a traceback with --debug)."""
+    """Turn errors into one line on stderr: exit 1, or 2 for a bad option value (a usage
+    error). A traceback with --debug. Warnings raised on the way are shown only if the
+    command succeeds (or with --debug), so they never bury the error line."""
+    stage = "mgtool " + func.__name__.removesuffix("_cmd").replace("_", "-")
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (TyperException, typer.Exit, typer.Abort, SystemExit):
-            raise
-        except MgtoolError as e:
-            _report(f"error: {e}")
-        except KeyboardInterrupt:
-            _report("error: interrupted")
-        except Exception as e:  # a bug: still one line unless --debug
-            _report(f"error: unexpected {type(e).__name__}: {first_line(e)} "
-                    "(rerun with --debug for the traceback)")
-        raise typer.Exit(1)
+        failure: tuple[str, int] | None = None
+        passthrough: BaseException | None = None
+        trace = ""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                result = func(*args, **kwargs)
+            except (TyperException, typer.Exit, typer.Abort, SystemExit) as e:
+                passthrough = e
+            except BaseException as e:
+                failure = _classify(e, stage)
+                if failure is None:
+                    raise
+                if debug_enabled():
+                    trace = traceback.format_exc()
+            pending = list(caught)
+        # Outside catch_warnings, so they print: after success, or with --debug.
+        if failure is None or debug_enabled():
+            _replay(pending)
+        if passthrough is not None:
+            raise passthrough
+        if failure is None:
+            return result
+        sys.stderr.write(trace)
+        _report(failure[0])
+        raise typer.Exit(failure[1])
 
     return wrapper  # type: ignore[return-value]
 
 
+def check_arch(name: str | None) -> None:
+    """An unknown --arch is a usage error (exit 2)."""
+    if name is None:
+        return
+    from mgtool.archs import family_names
+
+    if name not in family_names():
+        raise usage_error(f"--arch: unknown architecture {name!r}; known: {', '.join(family_names())}")
+
+
+def _classify(e: BaseException, stage: str) -> tuple[str, int] | None:
+    """The one error line and exit code for ``e`` (None: not ours to report)."""
+    if isinstance(e, SettingError):
+        return f"error: {e}", 2
+    if isinstance(e, MgtoolError):
+        return f"error: {e}", 1
+    if isinstance(e, KeyboardInterrupt):
+        return "error: interrupted", 1
+    if isinstance(e, OSError):
+        where = e.filename if e.filename is not None else stage
+        return f"error: {where}: {e.strerror or first_line(e)}", 1
+    if isinstance(e, Exception):  # a bug: still one line unless --debug
+        return (f"error: {stage}: unexpected {type(e).__name__}: {first_line(e)} "
+                "(rerun with --debug for the traceback)", 1)
+    return None
+
+
+def usage_error(message: str) -> typer.Exit:
+    """One line on stderr and exit code 2 (a bad option or a missing one): ``raise usage_error(...)``."""
+    _report(f"error: {message}")
+    return typer.Exit(2)
+
+
+def _replay(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def _report(message: str) -> None:
-    if debug_enabled():
-        traceback.print_exc(file=sys.stderr)
-    sys.stderr.write(message.replace("\n", " ") + "\n")
+    sys.stderr.write(_ANSI.sub("", message).replace("\n", " ") + "\n")
+
+
+def done(word: str, rest: str) -> None:
+    """``word`` in green, then ``rest`` (user text, printed literally) on stderr."""
+    console.print(Text.assemble((word, "green"), " ", rest), soft_wrap=True)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (null): JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def emit(path: Any, payload: dict[str, Any], as_json: bool) -> None:
     """stdout carries only the output path, or exactly one JSON object with --json."""
     if as_json:
-        sys.stdout.write(json.dumps(payload, default=str) + "\n")
+        payload = strict_json(json.loads(json.dumps(payload, default=str)))
+        sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")
     else:
         sys.stdout.write(f"{path}\n")
 
@@ -90,4 +168,6 @@ def arch_spec(
         return None
     if width is None:
         raise typer.BadParameter("--arch needs --width", param_hint="--width")
+    from mgtool.archs import ArchSpec
+
     return ArchSpec(arch, width, num_classes or 0, in_chans, parse_options(opts))

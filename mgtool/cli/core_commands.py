@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, SrcArg, arch_spec, console, emit, handle_errors
+from mgtool.cli.common import (
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    SrcArg,
+    arch_spec,
+    check_arch,
+    console,
+    done,
+    emit,
+    handle_errors,
+    usage_error,
+)
 
 
 @handle_errors
@@ -19,7 +31,8 @@ def convert_cmd(
     width: Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
     num_classes: Annotated[int | None, typer.Option(help="Classes; inferred from the classifier if omitted.")] = None,
     in_chans: Annotated[int, typer.Option(help="Input channels.")] = 3,
-    opt: Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
+    opt: Annotated[list[str] | None, typer.Option(
+        help="Family option KEY=VALUE (repeatable), e.g. depth=16.", metavar="KEY=VALUE")] = None,
     templates: Annotated[int, typer.Option(help="Templates per layer (t).")] = 2,
     share: Annotated[str, typer.Option(help="Bank sharing: 'pairs' (next layer of one shape) or 'none'.")] = "pairs",
     seed: Annotated[int, typer.Option(help="Seed of the decomposition's random parts.")] = 0,
@@ -35,13 +48,15 @@ def convert_cmd(
     """
     from mgtool.convert import convert
 
+    if arch is None and not _has_mgtool_metadata(src):
+        raise usage_error(f"{src}: no mgtool metadata names its architecture; pass --arch and --width "
+                          "(families: `mgtool info --archs`)")
+    check_arch(arch)
     spec = arch_spec(arch, width, num_classes, in_chans, opt)
     result = convert(src, spec, templates=templates, share=share, seed=seed, out=output, force=force)
-    console.print(
-        f"[green]converted[/] {src} -> {result.path}  "
-        f"max |logit diff| {result.max_abs_logit_diff:.3g} (scale {result.logit_scale:.3g}), "
-        f"max |weight diff| {result.max_abs_weight_diff:.3g}"
-    )
+    done("converted", f"{src} -> {result.path}  "
+         f"max |logit diff| {result.max_abs_logit_diff:.3g} (scale {result.logit_scale:.3g}), "
+         f"max |weight diff| {result.max_abs_weight_diff:.3g}")
     emit(result.path, result.to_dict(), json_)
 
 
@@ -57,7 +72,7 @@ def export_cmd(src: SrcArg, output: OutOpt, force: ForceOpt = False, json_: Json
     from mgtool.export import export
 
     result = export(src, output, force=force)
-    console.print(f"[green]exported[/] {src} -> {result.path} ({result.parameters:,} values)")
+    done("exported", f"{src} -> {result.path} ({result.parameters:,} values)")
     emit(result.path, result.to_dict(), json_)
 
 
@@ -85,6 +100,17 @@ def info_cmd(
         return
     _print_info(info)
     emit(src, info, False)
+
+
+def _has_mgtool_metadata(src: Path) -> bool:
+    from mgtool.checkpoint import METADATA_KEY, read_raw_metadata
+
+    if src.suffix != ".safetensors" or not src.is_file():
+        return not src.exists()  # a missing file gets its own error
+    try:
+        return METADATA_KEY in (read_raw_metadata(src) or {})
+    except Exception:
+        return True  # unreadable: convert reports it
 
 
 def _list_archs(as_json: bool) -> None:

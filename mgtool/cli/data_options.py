@@ -19,7 +19,7 @@ DataDirOpt = Annotated[Path | None, typer.Option(
     show_default=False)]
 DataOptOpt = Annotated[list[str] | None, typer.Option(
     "--data-opt", help="Data option KEY=VALUE (repeatable), e.g. shape=3x16x16, cutout=0.",
-    show_default=False)]
+    show_default=False, metavar="KEY=VALUE")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download the data set if missing (cifar, mnist).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split: train or test (val = test).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N samples.",

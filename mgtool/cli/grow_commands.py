@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, emit, handle_errors
+from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, done, emit, handle_errors, usage_error
 
 SeedOpt = Annotated[int, typer.Option(help="Seed of the new coefficients / weights / unit maps.")]
 
@@ -36,6 +36,8 @@ def fuse_cmd(
             "of the inputs' logits before writing.",
         ),
     ] = False,
+    allow_same: Annotated[bool, typer.Option(
+        "--allow-same", help="Accept the same file twice (net 1 fused with itself).")] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -48,14 +50,22 @@ def fuse_cmd(
 
     Example: mgtool fuse net1.safetensors net2.safetensors --init orthogonal -o grown.safetensors
     """
+    from mgtool.coef_init import init_names
     from mgtool.fuse import fuse
 
+    if init not in init_names():
+        raise usage_error(f"--init: unknown initialiser {init!r}; known: {', '.join(init_names())}")
+    seen: dict[Path, Path] = {}
+    for src in sources:
+        same = seen.get(src.resolve())
+        if same is not None and not allow_same:
+            raise usage_error(f"{src}: given twice (also as {same}); fusing a net with itself is rarely "
+                              "meant: pass two different nets, or --allow-same")
+        seen[src.resolve()] = src
     result = fuse(sources, output, init=init, factor=factor, seed=seed, noise=noise, verify=verify, force=force)
     d = result.to_dict()
-    console.print(
-        f"[green]fused[/] {len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "
-        f"{result.new_tiles} new tiles ({init}), {result.parameters:,} parameters"
-    )
+    done("fused", f"{len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "
+         f"{result.new_tiles} new tiles ({init}), {result.parameters:,} parameters")
     if "verify" in d:
         console.print(
             f"verified: max |logit diff| {d['verify']['max_abs_logit_diff']:.3g} "
@@ -92,7 +102,7 @@ def grow_cmd(
     note = ""
     if "verify" in d:
         note = f", max |logit diff| {d['verify']['max_abs_logit_diff']:.3g} (scale {d['verify']['logit_scale']:.3g})"
-    console.print(f"[green]grew[/] {src} -> {result.path} ({method}, x{factor}){note}")
+    done("grew", f"{src} -> {result.path} ({method}, x{factor}){note}")
     emit(result.path, d, json_)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from mgtool.cli.common import console, emit, handle_errors
 
@@ -19,8 +21,18 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print summary.json's content on stdout instead of its path.")]
 
 
+_STYLED = re.compile(r"\[(dim|bold)\](.*?)\[/\]")
+
+
 def _log(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
+    """A pipeline line, printed literally except the runner's own [dim]/[bold] spans."""
+    text, end = Text(), 0
+    for m in _STYLED.finditer(message):
+        text.append(message[end:m.start()])
+        text.append(m.group(2), style=m.group(1))
+        end = m.end()
+    text.append(message[end:])
+    console.print(text, soft_wrap=True)
 
 
 def _pct(x: float | None) -> str:
@@ -62,7 +74,7 @@ def run_cmd(
     output: OutDirOpt = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, KEY=VALUE with a dotted key (repeatable), "
-        "e.g. --set finetune.train.epochs=5.", show_default=False)] = None,
+        "e.g. --set finetune.train.epochs=5.", show_default=False, metavar="KEY=VALUE")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace files in DIR that this pipeline did not write "
                                         "(or that changed since it wrote them), and adopt a pipeline.json it "
                                         "did not write.")] = False,
@@ -92,7 +104,9 @@ def run_cmd(
 
 @handle_errors
 def demo_cmd(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("runs/demo"),
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Folder for the demo's files. [default: runs/demo, with --quick runs/demo-quick]",
+        show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A few hundred images, one epoch per stage (CI).")] = False,
     data: Annotated[str, typer.Option(
         "--data", help="fashion-mnist, or synthetic (random images of the same shape; for tests only).",
@@ -120,9 +134,26 @@ def demo_cmd(
     """
     from mgtool.demo import run_demo
 
+    output = output or Path("runs/demo-quick" if quick else "runs/demo")
     summary = run_demo(output, quick=quick, data=data, data_dir=data_dir, download=download, device=device,
                        threads=threads or None, force=force, quiet=quiet, log=_log)
     _finish(summary, json_)
+    console.print(next_steps(summary.out_dir), soft_wrap=True)
+
+
+def next_steps(out_dir: Path | str) -> str:
+    """What to do with the demo's files: load, export, evaluate (commands that work as shown)."""
+    out = Path(out_dir)
+    q = shlex.quote
+    return "\n".join([
+        "next:",
+        f"  python -c \"import mgtool; print(mgtool.load({str(out / 'final.safetensors')!r}))\""
+        "   # the grown net as a torch module",
+        f"  mgtool eval {q(str(out / 'final.safetensors'))} --json   # its accuracy on the stored data set",
+        f"  mgtool info {q(str(out / 'grown.safetensors'))}   # architecture, template banks, FLOPs",
+        f"  mgtool export {q(str(out / 'finetuned.safetensors'))} -o {q(str(out / 'mine.safetensors'))}"
+        "   # template-mixing -> plain weights (final.safetensors is this, done by the demo)",
+    ])
 
 
 def register(app: typer.Typer) -> None:

@@ -8,8 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mgtool.cli.common import ForceOpt as OverwriteOpt
-from mgtool.cli.common import JsonOpt, OutOpt, console, emit, handle_errors, parse_options
-from mgtool.cli.train_options import with_train_settings
+from mgtool.cli.common import (
+    JsonOpt,
+    OutOpt,
+    check_arch,
+    console,
+    done,
+    emit,
+    handle_errors,
+    parse_options,
+    usage_error,
+)
 from mgtool.cli.data_options import (
     BatchSizeEvalOpt,
     DataDirOpt,
@@ -21,6 +30,7 @@ from mgtool.cli.data_options import (
     SplitOpt,
     data_config_from_cli,
 )
+from mgtool.cli.train_options import with_train_settings
 
 if TYPE_CHECKING:
     from mgtool.train.settings import TrainSettings
@@ -46,7 +56,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite OUT and start
 
 ArchOpt = Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")]
 WidthOpt = Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")]
-FamilyOpt = Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")]
+FamilyOpt = Annotated[list[str] | None, typer.Option(
+    help="Family option KEY=VALUE (repeatable), e.g. depth=16.", metavar="KEY=VALUE")]
 ClassesOpt = Annotated[int | None, typer.Option(help="Classes. (default: the data set's)", show_default=False)]
 InChansOpt = Annotated[int | None, typer.Option(help="Input channels. (default: the data set's)", show_default=False)]
 TemplatesOpt = Annotated[int | None, typer.Option(help="Templates per layer (t). (default: 2)", show_default=False)]
@@ -73,9 +84,9 @@ def _finish(result, quiet: bool, json_: bool) -> None:
         return
     d = result.to_dict()
     if not quiet:
-        console.print(f"[green]trained[/] {d['output']}: {d['epochs_done']:g} epochs, test top-1 "
-                      f"{d['test_top1']:.2%}, {d['training_flops']:.4g} training FLOPs in total, "
-                      f"{d['wall_s']:.1f}s", highlight=False, soft_wrap=True)
+        epochs = f"{d['epochs_done']:g} epoch{'' if d['epochs_done'] == 1 else 's'}"
+        done("trained", f"{d['output']}: {epochs}, test top-1 {d['test_top1']:.2%}, "
+             f"{d['training_flops']:.4g} training FLOPs in total, {d['wall_s']:.1f}s")
     emit(result.out, d, json_)
 
 
@@ -86,7 +97,7 @@ def train_small_cmd(
     train: TrainSettings,
     arch: Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
     width: Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
-    opt: Annotated[list[str] | None, typer.Option(help="Family option KEY=VALUE (repeatable), e.g. depth=16.")] = None,
+    opt: FamilyOpt = None,
     num_classes: ClassesOpt = None,
     in_chans: InChansOpt = None,
     templates: TemplatesOpt = None,
@@ -132,6 +143,9 @@ def train_small_cmd(
                                  param_hint=sources[0])
     if arch is not None and width is None:
         raise typer.BadParameter("--arch needs --width", param_hint="--width")
+    check_arch(arch)
+    if templates is not None and templates < 1:
+        raise usage_error(f"--templates must be at least 1, got {templates}")
     source = like or init_from
     cfg = data_config_from_cli(data, data_dir, data_opt, download,
                                fallback=stored_data(source) if source else None)
@@ -140,7 +154,8 @@ def train_small_cmd(
     config = train_config(cfg.name, train, seed=seed if seed is not None else 0)
     runtime = _runtime(device, precision, channels_last, compile_, loader, workers, keep_every, quiet)
     result = train_small(output, cfg, config, runtime, arch=arch, width=width, options=parse_options(opt),
-                         num_classes=num_classes, in_chans=in_chans, templates=templates or 2,
+                         num_classes=num_classes, in_chans=in_chans,
+                         templates=2 if templates is None else templates,
                          share=share or "pairs", like=like, init_from=init_from, resume=resume,
                          force=force)
     _finish(result, quiet, json_)

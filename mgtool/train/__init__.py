@@ -1,28 +1,27 @@
 """Training: the settings (one source), the optimizer factory, timm schedules, the trainer
 (set-up, epoch, evaluation, saving), DDP helpers, resume state, and the library
-functions behind ``train-small``, ``finetune`` and ``eval``."""
+functions behind ``train-small``, ``finetune`` and ``eval``.
 
-from mgtool.train.api import evaluate_checkpoint, finetune, train_config, train_small
-from mgtool.train.evaluate import EvalResult, evaluate
-from mgtool.train.lineage import Lineage
-from mgtool.train.paths import RunPaths, run_paths
-from mgtool.train.settings import TrainConfig, TrainSettings
-from mgtool.train.trainer import FitResult, Runtime, Trainer, fit
+Names are imported on first use, so ``mgtool.train.settings`` (torch-free) can be read by
+the CLI's help without importing torch.
+"""
 
-__all__ = [
-    "EvalResult",
-    "FitResult",
-    "Lineage",
-    "RunPaths",
-    "Runtime",
-    "TrainConfig",
-    "TrainSettings",
-    "Trainer",
-    "evaluate",
-    "evaluate_checkpoint",
-    "finetune",
-    "fit",
-    "run_paths",
-    "train_config",
-    "train_small",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "evaluate_checkpoint": "api", "finetune": "api", "train_config": "api", "train_small": "api",
+    "EvalResult": "evaluate", "evaluate": "evaluate", "Lineage": "lineage", "RunPaths": "paths",
+    "run_paths": "paths", "TrainConfig": "settings", "TrainSettings": "settings", "FitResult": "trainer",
+    "Runtime": "trainer", "Trainer": "trainer", "fit": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mgtool.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mgtool.train.{module}"), name)

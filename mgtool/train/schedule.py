@@ -17,12 +17,16 @@ stepped once per epoch.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 
 from mgtool.train.settings import TrainConfig
+
+# timm warns when a cosine has one step per cycle (a 1-epoch authors' protocol): not the user's concern.
+logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
 
 
 class LrSchedule:

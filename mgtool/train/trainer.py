@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mgtool.checkpoint import make_parent
 from mgtool.data import DataConfig, dataset_info, normaliser, resolve_config, train_loader
 from mgtool.data.loaders import seed_for
 from mgtool.errors import MgtoolError, check_range
@@ -333,8 +334,8 @@ def fit(model: nn.Module, lineage: Lineage, data: DataConfig, train: TrainConfig
 
 
 def check_output_dir(paths: RunPaths) -> None:
-    if not paths.out.parent.exists():
-        raise MgtoolError(f"{paths.out.parent}: output folder does not exist; create it first")
+    """OUT's folder is made if missing (the lock file goes there first), as every writer does."""
+    make_parent(paths.out)
 
 
 def _fmt_epoch(e: float) -> str:

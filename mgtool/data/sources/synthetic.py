@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
@@ -22,6 +23,9 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
+SYNTHETIC_MAX_BYTES = 2**32  # uint8 images per split: random data for tests never needs more
+
+
 @register_dataset
 class Synthetic(InMemoryDataset):
     """A low-frequency pattern per class plus noise (so it is learnable)."""
@@ -36,8 +40,11 @@ class Synthetic(InMemoryDataset):
         classes = int(o["classes"])
         if classes < 1 or int(o["train_size"]) < 1 or int(o["test_size"]) < 1:
             raise MgtoolError("synthetic: classes, train_size and test_size must be positive")
-        return DatasetInfo(self.name, parse_shape(o["shape"]), classes, int(o["train_size"]),
-                           int(o["test_size"]), True)
+        shape = parse_shape(o["shape"])  # bounded before anything is allocated
+        if max(int(o["train_size"]), int(o["test_size"])) * math.prod(shape) > SYNTHETIC_MAX_BYTES:
+            raise MgtoolError(f"synthetic: train_size/test_size of {shape} images exceed "
+                              f"{SYNTHETIC_MAX_BYTES / 2**30:g} GiB per split; use fewer or smaller images")
+        return DatasetInfo(self.name, shape, classes, int(o["train_size"]), int(o["test_size"]), True)
 
     def normalisation(self, cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
         c = parse_shape(cfg.options["shape"])[0]
