@@ -85,7 +85,7 @@ def _make_inputs(case: str, folder: Path) -> tuple[Path, Path]:
 
     from mgtool.archs import ArchSpec, resolve_spec
     from mgtool.checkpoint import CheckpointMeta, save_checkpoint
-    from mgtool.convert import fresh_template_mixing
+    from mgtool.templates import fresh_template_mixing
     from mgtool.provenance import new_provenance
 
     name, width, classes, options = CASES[case]

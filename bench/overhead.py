@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mgtool.archs import ArchSpec, build_plain, resolve_spec
-from mgtool.convert import to_template_mixing
+from mgtool.templates import to_template_mixing
 from mgtool.model import TemplateMixingNet
 
 CASES = {

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgtool.archs import ArchSpec, build_plain
-from mgtool.convert import fresh_template_mixing
+from mgtool.templates import fresh_template_mixing
 from mgtool.data import data_config, normaliser, train_loader
 from mgtool.model import TemplateMixingNet
 

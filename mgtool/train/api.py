@@ -8,7 +8,7 @@ from typing import Any
 
 from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, Flops, check_output_path, read_meta, save_checkpoint
-from mgtool.convert import fresh_template_mixing
+from mgtool.templates import fresh_template_mixing
 from mgtool.data import DataConfig, dataset_info, resolve_config
 from mgtool.errors import MgtoolError
 from mgtool.loading import load_checkpoint
