@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, emit, handle_errors
+from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, emit, handle_errors, parse_options
+from mgtool.errors import SettingError
 
 SeedOpt = Annotated[int, typer.Option(help="Seed of the new coefficients / weights / unit maps.")]
 
@@ -28,6 +29,27 @@ def fuse_cmd(
     ] = None,
     seed: SeedOpt = 0,
     noise: Annotated[float, typer.Option(help="--init copy: std of the Gaussian noise added.")] = 0.0,
+    init_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Every new tile's weight norm as S times the mean norm of its layer's diagonal tiles "
+            "(orthogonal, random, normal, copy). Default: each initialiser's own norm.",
+            show_default=False,
+        ),
+    ] = None,
+    init_norm: Annotated[
+        str | None,
+        typer.Option(
+            help="orthogonal/random: 'learned' (default) scales to the learned vectors' RMS norm; "
+            "'unit' is the authors' code's literal vector (orthogonal: unit norm; random: uniform "
+            "on [0, 1)). The paper prints neither. Excludes --init-scale.",
+            show_default=False,
+        ),
+    ] = None,
+    init_opt: Annotated[
+        list[str] | None,
+        typer.Option(help="Any setting the chosen initialiser declares, NAME=VALUE (repeatable).", show_default=False),
+    ] = None,
     verify: Annotated[
         bool,
         typer.Option(
@@ -48,13 +70,25 @@ def fuse_cmd(
 
     Example: mgtool fuse net1.safetensors net2.safetensors --init orthogonal -o grown.safetensors
     """
+    if init_scale is not None and init_norm == "unit":
+        raise typer.BadParameter("--init-scale sets the new tiles' norm and --init-norm unit keeps the "
+                                 "authors' literal vector: give one of them", param_hint="--init-scale")
+    options = parse_options(init_opt)
     from mgtool.fuse import fuse
 
-    result = fuse(sources, output, init=init, factor=factor, seed=seed, noise=noise, verify=verify, force=force)
+    try:
+        result = fuse(sources, output, init=init, factor=factor, seed=seed, noise=noise, init_scale=init_scale,
+                      init_norm=init_norm, init_options=options, verify=verify, force=force)
+    except SettingError as e:
+        if e.field in options:  # a setting given as --init-opt NAME=VALUE: say so
+            raise e.renamed(f"--init-opt {e.field}") from None
+        raise
     d = result.to_dict()
+    ratio = d["tile_ratio"]
+    shown = f", tile ratio s {ratio['median']:.3g} (min {ratio['min']:.3g}, max {ratio['max']:.3g})" if ratio else ""
     console.print(
         f"[green]fused[/] {len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "
-        f"{result.new_tiles} new tiles ({init}), {result.parameters:,} parameters"
+        f"{result.new_tiles} new tiles ({init}{shown}), {result.parameters:,} parameters"
     )
     if "verify" in d:
         console.print(
