@@ -32,9 +32,9 @@ from mgtool.analysis.plot import matplotlib_available, plot_heatmap
 from mgtool.archs import ArchSpec, build_plain, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, save_checkpoint
 from mgtool.cli import app
-from mgtool.templates import fresh_template_mixing
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import new_provenance
+from mgtool.templates import fresh_template_mixing
 from mgtool.train.paths import run_paths
 
 runner = CliRunner()

@@ -15,12 +15,12 @@ from mgtool.archs import ArchSpec, input_size, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, Flops, read_meta, save_checkpoint
 from mgtool.cli import app
 from mgtool.coef_init import get_init, init_names, orthogonal_complement_rows, register_init, rms_norm
-from mgtool.templates import to_template_mixing
 from mgtool.errors import MgtoolError, SettingError
 from mgtool.fuse import HIDDEN, SumOfLogits, coefficient_key, fuse, fuse_models
 from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
 from mgtool.provenance import new_provenance, sha256_file
+from mgtool.templates import to_template_mixing
 
 from .conftest import TINY_SPECS, randomised_plain
 
@@ -296,9 +296,10 @@ def test_zero_copy_and_noise_initialisers():
 
 def test_random_initialiser_scale_follows_the_learned_vectors():
     learned = _learned(3, 6)
-    out = get_init("random").fn(learned, torch.zeros(4000, 6), torch.Generator().manual_seed(0), init_norm="learned")
+    random = get_init("random").fn
+    out = random(learned, torch.zeros(4000, 6), torch.Generator().manual_seed(0), init_norm="learned")
     assert abs(float(out.pow(2).sum(1).mean()) / rms_norm(learned) ** 2 - 1) < 0.05
-    same = get_init("random").fn(2 * learned, torch.zeros(4000, 6), torch.Generator().manual_seed(0), init_norm="learned")
+    same = random(2 * learned, torch.zeros(4000, 6), torch.Generator().manual_seed(0), init_norm="learned")
     assert_close(same, 2 * out)
 
 
