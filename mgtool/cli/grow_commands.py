@@ -21,7 +21,7 @@ def fuse_cmd(
     ],
     output: OutOpt,
     init: Annotated[
-        str, typer.Option(help="New coefficients: orthogonal, random, normal, copy or zero.")
+        str, typer.Option(help="New coefficients: orthogonal, random, normal, copy or zero (mgtool.coef_init).")
     ] = "orthogonal",
     factor: Annotated[
         int | None,
@@ -67,8 +67,12 @@ def fuse_cmd(
     templates, the off-diagonal tiles get new coefficients from --init; per-channel
     tensors are concatenated and the classifier bias summed, so with --init zero the
     grown net computes the sum of the nets' logits. One input grows it without fusion.
+    --init-scale S sets every new tile's norm to S times the mean of its layer's diagonal
+    tiles' norms; --json reports the realised ratio s (tile_ratio: median, min, max).
 
     Example: mgtool fuse net1.safetensors net2.safetensors --init orthogonal -o grown.safetensors
+
+    Example: mgtool fuse net1.safetensors net2.safetensors --init-scale 0.25 -o grown.safetensors --json
     """
     if init_scale is not None and init_norm == "unit":
         raise typer.BadParameter("--init-scale sets the new tiles' norm and --init-norm unit keeps the "
