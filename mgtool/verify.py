@@ -112,10 +112,10 @@ def compare_weights(original: Mapping[str, Tensor], generated: Mapping[str, Tens
     return WeightCheck(worst[0], overall, worst[1], worst[2], tolerance)
 
 
-def require_exact_weights(check: WeightCheck, what: str) -> WeightCheck:
+def require_exact_weights(check: WeightCheck, what: str, remedy: str = "") -> WeightCheck:
     if not check.ok:
         raise MgtoolError(
             f"{what}: {check.key} comes back {check.worst_relative:.3g} off relative to its own scale "
-            f"{check.worst_scale:.3g} (tolerance {check.tolerance:g}); nothing written"
+            f"{check.worst_scale:.3g} (tolerance {check.tolerance:g}); nothing written{remedy}"
         )
     return check
