@@ -25,7 +25,9 @@ with their default ``--coefs_noise_growing 1``):
   norm not stated; authors' code: the unit vector ``svd(previous).Vh[-1]``
   (``orthogonal --init-norm unit``);
 * ``--init-norm learned`` (the default) scales them to the learned vectors' RMS norm:
-  mgtool's choice, neither paper nor code.
+  mgtool's choice, neither paper nor code;
+* "copy": paper and code agree; the code's optional noise is a uniform vector scaled to
+  unit norm, mgtool's ``noise`` is Gaussian.
 """
 
 from __future__ import annotations
