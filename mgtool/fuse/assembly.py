@@ -19,7 +19,7 @@ from torch import Tensor
 from mgtool.coef_init import CoefInit, get_init
 from mgtool.errors import MgtoolError, SettingError, check_range
 from mgtool.fuse.layout import CONCAT, FIRST, HIDDEN, MAX, FusionLayout, coefficient_key
-from mgtool.fuse.ratios import row_grams, tile_norms
+from mgtool.fuse.ratios import templates_gram, tile_norm
 
 # The --init-scale used when none is given: None keeps each initialiser's own norm.
 DEFAULT_INIT_SCALE: float | None = None
@@ -158,7 +158,7 @@ class Assembly:
 
 
 class _Scaler:
-    """Rescales new coefficient vectors to a tile-norm target (Gram matrices computed once per set)."""
+    """Rescales new coefficient vectors to a tile-norm target (one Gram matrix per template set)."""
 
     def __init__(self, assembly: Assembly):
         self._a = assembly
@@ -167,24 +167,20 @@ class _Scaler:
 
     def _gram(self, bank: str, s: int) -> Tensor:
         if (bank, s) not in self._grams:
-            templates = self._a.tensors[f"banks.{bank}"][s : s + 1]
-            self._grams[(bank, s)] = row_grams(templates, ((0,),))[0]
+            self._grams[(bank, s)] = templates_gram(self._a.tensors[f"banks.{bank}"], (s,))
         return self._grams[(bank, s)]
 
     def _diagonal_mean(self, name: str, bank: str) -> float:
         if name not in self._diagonal:
-            coefs = self._a.tensors[coefficient_key(name)]
-            g = self._a.layout.factor
-            norms = [
-                float(tile_norms(self._gram(bank, self._a.layout.set_of_row(r))[None], coefs[r : r + 1, r : r + 1]))
-                for r in range(g)
-            ]
+            coefs, layout = self._a.tensors[coefficient_key(name)], self._a.layout
+            g = layout.factor
+            norms = [float(tile_norm(self._gram(bank, layout.set_of_row(r)), coefs[r, r])) for r in range(g)]
             self._diagonal[name] = sum(norms) / g
         return self._diagonal[name]
 
     def scaled(self, name: str, bank: str, s: int, v: Tensor, scale: float) -> Tensor:
         target = scale * self._diagonal_mean(name, bank)
-        norm = float(tile_norms(self._gram(bank, s)[None], v.view(1, 1, -1)))
+        norm = float(tile_norm(self._gram(bank, s), v))
         if target == 0.0:
             return torch.zeros_like(v)
         if not norm > 0.0:
