@@ -94,13 +94,14 @@ def fuse(
     if out is not None:
         check_output_path(out, force)
     settings = resolve_init(init, scale=init_scale, noise=noise, init_norm=init_norm, options=init_options)
-    inputs = validate([Path(p) for p in sources], factor, settings)
-    layout = layout_of(inputs.small, inputs.factor, inputs.fused)
-    tensors, new = fuse_tensors(layout, stream_tensors(inputs.paths), settings, seed=seed)
+    inputs = validate([Path(p) for p in sources], factor, settings)  # every check, once
+    layout = layout_of(inputs.small, inputs.factor, inputs.fused)  # plan
+    tensors, new = fuse_tensors(layout, stream_tensors(inputs.paths), inputs.init, seed=seed)  # stream
     check = _verify(layout, tensors, inputs) if verify else None
     meta = _grown_meta(layout, inputs)
-    path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None
-    return FuseResult(path, meta, layout, settings, new, layout.parameters, tile_ratios(layout.plan, tensors), check)
+    path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None  # write
+    ratios = tile_ratios(layout.plan, tensors)
+    return FuseResult(path, meta, layout, inputs.init, new, layout.parameters, ratios, check)
 
 
 def fuse_models(
