@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mgtool.plan import TemplatePlan
 
-CHUNK = 1 << 18  # template columns per step: the float64 copy is at most (M*K) x CHUNK
+CHUNK = 1 << 16  # template columns per step: the float64 copy is at most (M*K) x CHUNK (2 MB at M*K = 4)
 
 
 def templates_gram(bank: Tensor, sets: Sequence[int]) -> Tensor:
