@@ -119,8 +119,9 @@ def report() -> str:
             continue
         s = [r["tile_ratio"]["median"] for r in rs if r.get("tile_ratio")]
         lines.append(f"| {name} | {len(rs)} | {statistics.fmean(s):.3f} | " if s else f"| {name} | {len(rs)} | - | ")
-        lines[-1] += (f"{ms([r['at_growth_top1'] for r in rs])} | {ms([r['at_growth_recalibrated_top1'] for r in rs])} | "
-                      f"{ms([r['final_top1'] for r in rs])} | {ms([max(r['net1_top1'], r['net2_top1']) for r in rs])} |")
+        cells = [ms([r["at_growth_top1"] for r in rs]), ms([r["at_growth_recalibrated_top1"] for r in rs]),
+                 ms([r["final_top1"] for r in rs]), ms([max(r["net1_top1"], r["net2_top1"]) for r in rs])]
+        lines[-1] += " | ".join(cells) + " |"
     return "\n".join(lines)
 
 

@@ -85,8 +85,8 @@ def _make_inputs(case: str, folder: Path) -> tuple[Path, Path]:
 
     from mgtool.archs import ArchSpec, resolve_spec
     from mgtool.checkpoint import CheckpointMeta, save_checkpoint
-    from mgtool.convert import fresh_template_mixing
     from mgtool.provenance import new_provenance
+    from mgtool.templates import fresh_template_mixing
 
     name, width, classes, options = CASES[case]
     spec = resolve_spec(ArchSpec(name, width, classes, 3, options))

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from mgtool.archs import ArchSpec, build_plain, resolve_spec
-from mgtool.convert import to_template_mixing
 from mgtool.model import TemplateMixingNet
+from mgtool.templates import to_template_mixing
 
 CASES = {
     "wrn-16-4": (ArchSpec("wrn", 4, 10, 3, {"depth": 16}), 32),

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgtool.archs import ArchSpec, build_plain
-from mgtool.convert import fresh_template_mixing
 from mgtool.data import data_config, normaliser, train_loader
 from mgtool.model import TemplateMixingNet
+from mgtool.templates import fresh_template_mixing
 
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -186,6 +187,57 @@ def read_meta(path: Path | str) -> CheckpointMeta:
             "convert plain weights first with `mgtool convert`"
         )
     return CheckpointMeta.from_json(raw[METADATA_KEY], path)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor as the safetensors header describes it: nothing is read from the data section."""
+
+    shape: tuple[int, ...]
+    dtype: str  # safetensors' name: F32, F64, BF16, I64, ...
+
+
+def header_tensors(path: Path | str) -> dict[str, StoredTensor]:
+    """Every stored tensor's shape and dtype, from the header alone (``check_keys`` takes the result)."""
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            out = {}
+            names = list(f.keys())  # a safe_open handle is not iterable itself
+            for key in names:
+                info = f.get_slice(key)
+                out[key] = StoredTensor(tuple(info.get_shape()), str(info.get_dtype()))
+            return out
+    except Exception as e:  # safetensors raises its own error types for every header problem
+        raise MgtoolError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
+
+
+class _FileTensors(Mapping[str, Tensor]):
+    """An open file's tensors, each read when it is asked for."""
+
+    def __init__(self, handle: Any, path: Path):
+        self._handle, self._path = handle, path
+
+    def __getitem__(self, key: str) -> Tensor:
+        try:
+            return self._handle.get_tensor(key)
+        except Exception as e:
+            raise MgtoolError(f"{self._path}: cannot read tensor {key} ({first_line(e)}); "
+                              "is the file truncated?") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._handle.keys())
+
+    def __len__(self) -> int:
+        return len(self._handle.keys())
+
+
+def stream_tensors(paths: Sequence[Path | str]) -> Iterator[Mapping[str, Tensor]]:
+    """One file open at a time, its tensors read on demand: one input's tensors in memory at once."""
+    for path in paths:
+        with safe_open(str(path), framework="pt") as handle:
+            yield _FileTensors(handle, Path(path))
 
 
 def read_tensors(path: Path | str) -> dict[str, Tensor]:

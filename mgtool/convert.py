@@ -1,4 +1,4 @@
-"""Standard checkpoint -> template-mixing form, exactly (function preserved)."""
+"""Standard checkpoint -> template-mixing form, exactly (function preserved, every weight checked)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mgtool.archs import ArchSpec, build_plain, input_size, resolve_spec
+from mgtool.archs import ArchSpec, build_plain, resolve_spec
 from mgtool.checkpoint import (
     METADATA_KEY,
     CheckpointMeta,
@@ -20,79 +20,53 @@ from mgtool.checkpoint import (
     save_checkpoint,
 )
 from mgtool.errors import MgtoolError
-from mgtool.mixing import decompose
 from mgtool.model import TemplateMixingNet
-from mgtool.plan import make_plan
 from mgtool.provenance import Parent, new_provenance, sha256_file
+from mgtool.templates import to_template_mixing
+from mgtool.verify import (
+    LogitCheck,
+    WeightCheck,
+    compare_logits,
+    compare_weights,
+    require_exact_weights,
+    require_preserved,
+)
 from mgtool.weights import read_plain_weights
 
-VERIFY_BATCH = 4
-RELATIVE_TOLERANCE = 1e-5  # max |logit difference| / logit scale: convert, fuse --verify, net2net
 OPTIONAL_KEYS = ("num_batches_tracked",)  # older checkpoints lack them; harmless to default
 
 
 @dataclass(frozen=True)
 class ConvertResult:
     path: Path | None
-    max_abs_logit_diff: float
-    logit_scale: float
-    max_abs_weight_diff: float
+    logits: LogitCheck
+    weights: WeightCheck
     model: TemplateMixingNet
     meta: CheckpointMeta
+    dtype: torch.dtype
+
+    @property
+    def max_abs_logit_diff(self) -> float:
+        return self.logits.max_abs_diff
+
+    @property
+    def logit_scale(self) -> float:
+        return self.logits.scale
+
+    @property
+    def max_abs_weight_diff(self) -> float:
+        return self.weights.max_abs_diff
 
     def to_dict(self) -> dict:
         return {
             "output": str(self.path) if self.path else None,
-            **logit_check(self.max_abs_logit_diff, self.logit_scale),
-            "max_abs_weight_diff": self.max_abs_weight_diff,
+            **self.logits.to_dict(),
+            "max_abs_weight_diff": self.weights.max_abs_diff,
+            "max_relative_weight_diff": self.weights.worst_relative,
+            "dtype": str(self.dtype).removeprefix("torch."),
             "arch": self.meta.arch.to_dict(),
             "banks": len(self.meta.plan.banks) if self.meta.plan else 0,
         }
-
-
-def to_template_mixing(
-    net: nn.Module, *, templates: int = 2, share: str = "pairs", seed: int = 0
-) -> TemplateMixingNet:
-    """Wrap a plain network (consumed) so it generates exactly its current weights.
-
-    Every bank's coefficient vectors are orthonormal and its templates are
-    ``A^T W + (I - A^T A) N`` (see ``mixing.decompose``), so templates are diverse.
-    """
-    plan = make_plan(net, templates, share)
-    modules = dict(net.named_modules())
-    weights = {layer.name: modules[layer.name].weight.detach().clone() for layer in plan.layers}
-    tm = TemplateMixingNet(net, plan)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bank in plan.banks:
-            layers = plan.layers_of(bank.name)
-            bank_templates, coefs = decompose([weights[la.name] for la in layers], templates, generator)
-            tm.banks[bank.name].copy_(bank_templates.unsqueeze(0))
-            for layer, row in zip(layers, coefs):
-                modules[layer.name].coefficients.copy_(row.view(1, 1, -1))
-    return tm
-
-
-def fresh_template_mixing(spec: ArchSpec, *, templates: int = 2, share: str = "pairs",
-                          seed: int = 0) -> TemplateMixingNet:
-    """A new template-mixing net whose generated weights are the family's own init."""
-    torch.manual_seed(seed)
-    return to_template_mixing(build_plain(spec), templates=templates, share=share, seed=seed)
-
-
-def logit_check(max_abs_diff: float, scale: float) -> dict[str, float]:
-    """How a logit comparison is reported in --json output (convert, fuse --verify, grow)."""
-    return {"max_abs_logit_diff": max_abs_diff, "logit_scale": scale,
-            "relative_logit_diff": max_abs_diff / scale}
-
-
-@torch.no_grad()
-def logit_difference(a: nn.Module, b: nn.Module, spec: ArchSpec, seed: int = 0) -> tuple[float, float]:
-    """Max |logits_a - logits_b| on a fixed batch in eval mode, and the logit scale (max |logits_a|)."""
-    h, w = input_size(spec)
-    x = torch.randn(VERIFY_BATCH, spec.in_chans, h, w, generator=torch.Generator().manual_seed(seed))
-    ya, yb = a.eval()(x), b.eval()(x)
-    return float((ya - yb).abs().max()), max(float(ya.abs().max()), 1e-3)
 
 
 def infer_num_classes(arch: ArchSpec, sd: dict[str, Tensor], src: Path) -> int:
@@ -110,8 +84,15 @@ def infer_num_classes(arch: ArchSpec, sd: dict[str, Tensor], src: Path) -> int:
     return int(sd[key].shape[0])
 
 
+def weight_dtype(sd: dict[str, Tensor]) -> torch.dtype:
+    """float64 if any floating tensor is float64, else float32: widening never rounds."""
+    floats = {v.dtype for v in sd.values() if v.is_floating_point()}
+    return torch.float64 if torch.float64 in floats else torch.float32
+
+
 def load_into_plain(spec: ArchSpec, sd: dict[str, Tensor], where: str) -> nn.Module:
-    net = build_plain(spec)
+    """The family's model in the weights' dtype (``weight_dtype``), loaded strictly."""
+    net = build_plain(spec).to(weight_dtype(sd))
     expected = net.state_dict()
     for key in list(expected):
         if key.rsplit(".", 1)[-1] in OPTIONAL_KEYS and key not in sd:
@@ -138,7 +119,9 @@ def convert(
 
     ``arch`` may be omitted when ``src`` is an mgtool ``plain`` checkpoint, whose
     metadata names its architecture. Writes ``out`` (atomically) only if the
-    converted model's logits match the original's within 1e-5 of the logit scale.
+    converted model's logits match the original's within 1e-5 of the logit scale and
+    every generated weight matches its original within 1e-5 of that weight's own scale
+    (max |original|). float64 weights stay float64.
     """
     src = Path(src)
     if out is not None:
@@ -161,20 +144,17 @@ def convert(
         arch = replace(arch, num_classes=infer_num_classes(arch, sd, src))
     spec = resolve_spec(arch)
     original = load_into_plain(spec, sd, str(src))
-    reference = build_plain(spec)
-    reference.load_state_dict(original.state_dict())
+    dtype = weight_dtype(sd)
+    reference = {k: v.clone() for k, v in original.state_dict().items()}
+    reference_net = build_plain(spec).to(dtype)
+    reference_net.load_state_dict(reference)
     tm = to_template_mixing(original, templates=templates, share=share, seed=seed)
 
-    weight_diff = 0.0
-    generated = tm.materialised_state_dict()
-    for key, value in reference.state_dict().items():
-        weight_diff = max(weight_diff, float((generated[key].double() - value.double()).abs().max()))
-    diff, scale = logit_difference(reference, tm, spec)
-    if not diff <= RELATIVE_TOLERANCE * scale:
-        raise MgtoolError(
-            f"{src}: converted model differs from the original by {diff:.3g} in the logits "
-            f"(scale {scale:.3g}, tolerance {RELATIVE_TOLERANCE:g} relative); nothing written"
-        )
+    logits = compare_logits(reference_net, tm, spec)
+    require_preserved(logits, f"{src}: converted model differs from the original")
+    weights = compare_weights(reference, tm.materialised_state_dict())
+    require_exact_weights(weights, f"{src}: converted model is not exact",
+                          " (a layer far smaller than its bank-mate converts exactly with --share none)")
     parent = Parent(str(src), sha256_file(src), "input", parent_flops)
     meta = CheckpointMeta(
         kind="template-mixing",
@@ -184,4 +164,4 @@ def convert(
         flops=Flops(training=parent_flops),
     )
     path = save_checkpoint(out, tm.state_dict(), meta, force=force) if out is not None else None
-    return ConvertResult(path, diff, scale, weight_diff, tm, meta)
+    return ConvertResult(path, logits, weights, tm, meta, dtype)

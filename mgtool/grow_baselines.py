@@ -33,11 +33,11 @@ from torch import Tensor, nn
 from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.channel_spaces import ChannelSpaces, channel_spaces, space_sizes
 from mgtool.checkpoint import CheckpointMeta, check_output_path, read_meta, save_checkpoint
-from mgtool.convert import RELATIVE_TOLERANCE, logit_check, logit_difference
 from mgtool.errors import MgtoolError, check_choice, check_range
 from mgtool.grow_vit import grow_vit_preserving, grow_vit_random, handles, zero_sum_noise
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import Parent, new_provenance, sha256_file
+from mgtool.verify import LogitCheck, compare_logits, require_preserved
 
 METHODS = ("random", "net2net", "clone")
 PRESERVING = ("net2net", "clone")
@@ -172,8 +172,15 @@ class GrowResult:
     method: str
     factor: int
     model: nn.Module
-    max_abs_logit_diff: float | None = None  # net2net: wide vs small on a fixed batch
-    logit_scale: float | None = None
+    verify: LogitCheck | None = None  # net2net: wide vs small on a fixed batch
+
+    @property
+    def max_abs_logit_diff(self) -> float | None:
+        return self.verify.max_abs_diff if self.verify else None
+
+    @property
+    def logit_scale(self) -> float | None:
+        return self.verify.scale if self.verify else None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -183,8 +190,8 @@ class GrowResult:
             "arch": self.meta.arch.to_dict(),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
-        if self.max_abs_logit_diff is not None and self.logit_scale is not None:
-            out["verify"] = logit_check(self.max_abs_logit_diff, self.logit_scale)
+        if self.verify is not None:
+            out["verify"] = self.verify.to_dict()
         return out
 
 
@@ -221,7 +228,7 @@ def grow(
         )
     net, _ = load_checkpoint(src)
     spec = meta_in.arch
-    diff = scale = None
+    check = None
     if handles(spec) and method == "random":
         wide = grow_vit_random(net, spec, factor, seed)
     elif method == "random":
@@ -231,12 +238,7 @@ def grow(
             wide, _ = grow_vit_preserving(net, spec, factor, method=method, seed=seed, noise=noise)
         else:
             wide, _ = grow_net2net(net, spec, factor, seed, clone=method == "clone", noise=noise)
-        diff, scale = logit_difference(net, wide, spec)
-        if not diff <= RELATIVE_TOLERANCE * scale:
-            raise MgtoolError(
-                f"{method} changed the function by {diff:.3g} in the logits (scale "
-                f"{scale:.3g}, tolerance {RELATIVE_TOLERANCE:g} relative); nothing written"
-            )
+        check = require_preserved(compare_logits(net, wide, spec), f"{method} changed the function")
     parent = Parent(str(src), sha256_file(src), "input", meta_in.flops.training)
     meta = CheckpointMeta(
         kind="plain",
@@ -247,4 +249,4 @@ def grow(
         data=meta_in.data,
     )
     path = save_checkpoint(out, wide.state_dict(), meta, force=force) if out is not None else None
-    return GrowResult(path, meta, method, factor, wide.eval(), diff, scale)
+    return GrowResult(path, meta, method, factor, wide.eval(), check)

@@ -36,11 +36,11 @@ from mgtool.analysis.similarity import EvalSettings
 from mgtool.archs import ArchSpec, build_plain, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, save_checkpoint
 from mgtool.cli import app
-from mgtool.convert import fresh_template_mixing
 from mgtool.data import DataConfig
 from mgtool.errors import MgtoolError, SettingError
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import new_provenance
+from mgtool.templates import fresh_template_mixing
 from mgtool.train.paths import run_paths
 
 runner = CliRunner()

@@ -10,9 +10,11 @@ from torch.testing import assert_close
 import mgtool
 from mgtool.archs import build_plain, resolve_spec
 from mgtool.archs.timm_resnet import timm_kwargs
-from mgtool.checkpoint import read_meta
-from mgtool.convert import RELATIVE_TOLERANCE, logit_difference, to_template_mixing
+from mgtool.checkpoint import read_meta, read_tensors
+from mgtool.errors import MgtoolError
 from mgtool.model import TemplateMixingNet
+from mgtool.templates import to_template_mixing
+from mgtool.verify import RELATIVE_TOLERANCE, compare_logits, compare_weights
 from mgtool.weights import read_plain_weights
 
 from .conftest import TINY_SPECS, randomised_plain
@@ -38,8 +40,8 @@ def test_converted_logits_match(key, share):
     spec = resolve_spec(TINY_SPECS[key])
     reference = randomised_plain(spec)
     tm = to_template_mixing(randomised_plain(spec), templates=3, share=share, seed=1)
-    diff, scale = logit_difference(reference, tm, spec)
-    assert diff <= RELATIVE_TOLERANCE * scale
+    check = compare_logits(reference, tm, spec)
+    assert check.ok and check.max_abs_diff <= RELATIVE_TOLERANCE * check.scale
 
 
 @pytest.mark.parametrize("key", FAMILIES)
@@ -115,3 +117,74 @@ def test_convert_accepts_mgtool_plain_files_without_arch(plain_ckpts, tmp_path):
     mgtool.export(tmp_path / "a.safetensors", tmp_path / "plain.safetensors")
     again = mgtool.convert(tmp_path / "plain.safetensors", None, out=tmp_path / "b.safetensors")
     assert again.meta.arch == read_meta(tmp_path / "a.safetensors").arch
+
+
+# ------------------------------------------------------------------------ exactness per weight, dtype
+
+
+def _bank_mates(spec):
+    """Two layers that share a bank under share=pairs."""
+    from mgtool.plan import make_plan
+
+    plan = make_plan(build_plain(spec), 2, "pairs")
+    return next([la.name for la in plan.layers_of(b.name)] for b in plan.banks if len(plan.layers_of(b.name)) == 2)
+
+
+def test_denormal_weights_are_refused_not_written_as_noise(tmp_path):
+    spec = resolve_spec(TINY_SPECS["tiny-cnn"])
+    sd = randomised_plain(spec).state_dict()
+    tiny = {k: v * 1e-39 if k.endswith("weight") and v.ndim > 1 else v for k, v in sd.items()}
+    src, out = tmp_path / "denormal.pt", tmp_path / "tm.safetensors"
+    torch.save(tiny, src)
+    with pytest.raises(MgtoolError, match=r"not exact: .*weight comes back .* own scale.*nothing written"):
+        mgtool.convert(src, spec, out=out)
+    assert not out.exists()
+
+
+def test_bank_mates_at_scales_1000x_apart_are_refused_and_fine_without_sharing(tmp_path):
+    spec = resolve_spec(TINY_SPECS["tiny-cnn"])
+    big, small = _bank_mates(spec)
+    sd = randomised_plain(spec).state_dict()
+    sd[f"{small}.weight"] = sd[f"{small}.weight"] * 1e-3
+    src, out = tmp_path / "pair.pt", tmp_path / "tm.safetensors"
+    torch.save(sd, src)
+    with pytest.raises(MgtoolError, match=f"{small}.weight comes back"):
+        mgtool.convert(src, spec, out=out)
+    assert not out.exists()
+    result = mgtool.convert(src, spec, share="none", out=out)  # each layer its own bank: exact again
+    assert result.weights.ok and result.weights.worst_relative < 1e-6
+
+
+def test_the_weight_check_measures_each_tensor_against_its_own_scale():
+    original = {"a": torch.full((3,), 100.0), "b": torch.full((3,), 1e-4), "n": torch.tensor(3)}
+    generated = {"a": original["a"] + 1e-5, "b": original["b"] + 1e-8, "n": torch.tensor(3)}
+    check = compare_weights(original, generated)
+    assert check.key == "b" and not check.ok  # 1e-8 absolute is 1e-4 of b's own scale
+    assert_close(torch.tensor(check.worst_relative), torch.tensor(1e-4), rtol=1e-3, atol=0)
+    assert not compare_weights({"z": torch.zeros(2)}, {"z": torch.tensor([0.0, 1e-30])}).ok  # 0 stays 0
+    assert not compare_weights({"n": torch.tensor(3)}, {"n": torch.tensor(4)}).ok
+    assert compare_weights(original, {k: v.clone() for k, v in original.items()}).worst_relative == 0.0
+
+
+@pytest.mark.parametrize("key", ["tiny-cnn", "wrn"])
+def test_float64_weights_stay_float64(key, tmp_path):
+    spec = resolve_spec(TINY_SPECS[key])
+    sd = {k: v.double() if v.is_floating_point() else v for k, v in randomised_plain(spec).state_dict().items()}
+    src, out = tmp_path / "f64.pt", tmp_path / "tm.safetensors"
+    torch.save(sd, src)
+    result = mgtool.convert(src, spec, out=out)
+    assert result.to_dict()["dtype"] == "float64"
+    stored = read_tensors(out)
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float64}
+    assert result.weights.worst_relative < 1e-12  # float64 round-off, not float32's
+    generated = result.model.materialised_state_dict()
+    for name, value in sd.items():
+        assert generated[name].dtype == value.dtype
+        assert_close(generated[name], value, rtol=1e-12, atol=1e-14, msg=name)
+
+
+def test_float32_weights_stay_float32(plain_ckpts, tmp_path):
+    result = mgtool.convert(plain_ckpts["tiny-cnn"], TINY_SPECS["tiny-cnn"], out=tmp_path / "tm.safetensors")
+    assert result.to_dict()["dtype"] == "float32"
+    assert {v.dtype for v in read_tensors(tmp_path / "tm.safetensors").values() if v.is_floating_point()} == {
+        torch.float32}

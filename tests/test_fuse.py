@@ -15,12 +15,12 @@ from mgtool.archs import ArchSpec, input_size, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, Flops, read_meta, save_checkpoint
 from mgtool.cli import app
 from mgtool.coef_init import get_init, init_names, orthogonal_complement_rows, register_init, rms_norm
-from mgtool.convert import to_template_mixing
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, SettingError
 from mgtool.fuse import HIDDEN, SumOfLogits, coefficient_key, fuse, fuse_models
 from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
 from mgtool.provenance import new_provenance, sha256_file
+from mgtool.templates import to_template_mixing
 
 from .conftest import TINY_SPECS, randomised_plain
 
@@ -259,7 +259,7 @@ def _learned(n: int, k: int, seed: int = 0) -> torch.Tensor:
 def test_orthogonal_init_where_the_dimension_allows():
     learned = _learned(3, 8)
     gen = torch.Generator().manual_seed(0)
-    new = get_init("orthogonal").fn(learned, torch.zeros(5, 8), gen, 0.0)
+    new = get_init("orthogonal").fn(learned, torch.zeros(5, 8), gen, init_norm="learned")
     assert new.shape == (5, 8)
     assert float((new @ learned.T).abs().max()) < 1e-10
     assert_close(new @ new.T, torch.eye(5, dtype=torch.float64) * rms_norm(learned) ** 2, atol=1e-9, rtol=0)
@@ -287,18 +287,19 @@ def test_orthogonal_init_with_dependent_learned_vectors_uses_the_true_complement
 def test_zero_copy_and_noise_initialisers():
     learned, copies = _learned(2, 4), _learned(6, 4, seed=1)
     gen = torch.Generator().manual_seed(0)
-    assert not get_init("zero").fn(learned, copies, gen, 0.0).any()
-    assert torch.equal(get_init("copy").fn(learned, copies, gen, 0.0), copies)
+    assert not get_init("zero").fn(learned, copies, gen).any()
+    assert torch.equal(get_init("copy").fn(learned, copies, gen, noise=0.0), copies)
     big = _learned(2000, 8, seed=3)
-    noisy = get_init("copy").fn(learned, big, gen, 0.05)
+    noisy = get_init("copy").fn(learned, big, gen, noise=0.05)
     assert 0.045 < float((noisy - big).std()) < 0.055
 
 
 def test_random_initialiser_scale_follows_the_learned_vectors():
     learned = _learned(3, 6)
-    out = get_init("random").fn(learned, torch.zeros(4000, 6), torch.Generator().manual_seed(0), 0.0)
+    random = get_init("random").fn
+    out = random(learned, torch.zeros(4000, 6), torch.Generator().manual_seed(0), init_norm="learned")
     assert abs(float(out.pow(2).sum(1).mean()) / rms_norm(learned) ** 2 - 1) < 0.05
-    same = get_init("random").fn(2 * learned, torch.zeros(4000, 6), torch.Generator().manual_seed(0), 0.0)
+    same = random(2 * learned, torch.zeros(4000, 6), torch.Generator().manual_seed(0), init_norm="learned")
     assert_close(same, 2 * out)
 
 
@@ -306,8 +307,9 @@ def test_initialiser_registry_refuses_duplicates_and_unknown_names():
     assert {"orthogonal", "random", "normal", "copy", "zero"} <= set(init_names())
     with pytest.raises(ValueError, match="registered twice"):
         register_init("zero", "again")(lambda *a: None)
-    with pytest.raises(MgtoolError, match="unknown --init 'ortho'.*orthogonal"):
+    with pytest.raises(SettingError, match="--init must be one of.*orthogonal.*got 'ortho'") as caught:
         get_init("ortho")
+    assert caught.value.field == "init"
 
 
 # ------------------------------------------------------------------------ files
@@ -416,7 +418,7 @@ def test_bad_inputs(pair, tmp_path):
         fuse(list(pair), out, factor=3)
     with pytest.raises(MgtoolError, match="at least 2"):
         fuse([pair[0]], out, factor=1)
-    with pytest.raises(MgtoolError, match="unknown --init"):
+    with pytest.raises(SettingError, match="--init must be one of"):
         fuse(list(pair), out, init="nope")
     with pytest.raises(MgtoolError, match="--noise"):
         fuse(list(pair), out, init="copy", noise=-1.0)

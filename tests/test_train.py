@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,10 @@ from typer.testing import CliRunner
 from mgtool.archs import ArchSpec
 from mgtool.checkpoint import read_meta
 from mgtool.cli import app
-from mgtool.convert import fresh_template_mixing
 from mgtool.data import data_config
 from mgtool.errors import MgtoolError
 from mgtool.flops import flops_per_training_sample, training_flops_per_sample
+from mgtool.templates import fresh_template_mixing
 from mgtool.train import Lineage, Runtime, TrainConfig, fit, run_paths, train_config
 from mgtool.train.schedule import schedule_lrs
 

@@ -75,7 +75,7 @@ def _interrupted(out: Path, monkeypatch) -> Path:
     real = Trainer.save
 
     def save_then_die(self, *a, **k):
-        meta = real(self, *a, **k)
+        real(self, *a, **k)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "save", save_then_die)

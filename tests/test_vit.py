@@ -256,7 +256,7 @@ def test_grow_bad_noise_is_refused(tmp_path):
     with pytest.raises(MgtoolError, match="--noise applies to net2net and clone growth, not to random"):
         grow(src, None, method="random", noise=0.1)
     result = runner.invoke(app, ["grow", str(src), "--method", "clone", "--noise", "nan", "-o", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "--noise" in result.stderr
+    assert result.exit_code == 2 and "--noise" in result.stderr
 
 
 @pytest.mark.parametrize("key", ["tiny-cnn", "wrn"])

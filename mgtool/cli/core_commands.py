@@ -42,7 +42,9 @@ def convert_cmd(
     """Convert a plain checkpoint into template-mixing form, exactly.
 
     Reads .safetensors or .pt/.pth (weights_only), verifies that the converted model's
-    logits match the original's, and refuses to write otherwise.
+    logits match the original's and that every generated weight matches its original
+    relative to that weight's own scale, and refuses to write otherwise. float64
+    weights stay float64.
 
     Example: mgtool convert wrn16_4.pt --arch wrn --width 4 --opt depth=16 -o wrn16_4.tm.safetensors
     """
@@ -54,9 +56,11 @@ def convert_cmd(
     check_arch(arch)
     spec = arch_spec(arch, width, num_classes, in_chans, opt)
     result = convert(src, spec, templates=templates, share=share, seed=seed, out=output, force=force)
+    dtype = result.to_dict()["dtype"]
     done("converted", f"{src} -> {result.path}  "
          f"max |logit diff| {result.max_abs_logit_diff:.3g} (scale {result.logit_scale:.3g}), "
-         f"max |weight diff| {result.max_abs_weight_diff:.3g}")
+         f"max |weight diff| {result.max_abs_weight_diff:.3g} "
+         f"({result.weights.worst_relative:.2g} of its own scale at worst), {dtype}")
     emit(result.path, result.to_dict(), json_)
 
 
@@ -142,6 +146,10 @@ def _print_info(info: dict) -> None:
     fl = info["flops"]
     if "forward_per_sample" in fl:
         table.add_row("forward FLOPs/sample", f"{fl['forward_per_sample']:.4g} at {fl['input_size']}")
+    if info.get("tile_ratio"):
+        s = info["tile_ratio"]
+        table.add_row("tile ratio s (new/diagonal)",
+                      f"median {s['median']:.3g}, min {s['min']:.3g}, max {s['max']:.3g}")
     table.add_row("training FLOPs spent", f"{fl['training']:.4g} (given: {fl['given']:.4g})")
     prov = info["provenance"]
     table.add_row("created", f"{prov['created_utc']} by mgtool {prov['mgtool_version']}")

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from mgtool.cli.common import ForceOpt, JsonOpt, OutOpt, console, done, emit, handle_errors, usage_error
+from mgtool.cli.common import (
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    console,
+    done,
+    emit,
+    handle_errors,
+    parse_options,
+    usage_error,
+)
+from mgtool.errors import SettingError
 
 SeedOpt = Annotated[int, typer.Option(help="Seed of the new coefficients / weights / unit maps.")]
 
@@ -20,7 +31,7 @@ def fuse_cmd(
     ],
     output: OutOpt,
     init: Annotated[
-        str, typer.Option(help="New coefficients: orthogonal, random, normal, copy or zero.")
+        str, typer.Option(help="New coefficients: orthogonal, random, normal, copy or zero (mgtool.coef_init).")
     ] = "orthogonal",
     factor: Annotated[
         int | None,
@@ -28,6 +39,27 @@ def fuse_cmd(
     ] = None,
     seed: SeedOpt = 0,
     noise: Annotated[float, typer.Option(help="--init copy: std of the Gaussian noise added.")] = 0.0,
+    init_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Every new tile's weight norm as S times the mean norm of its layer's diagonal tiles "
+            "(orthogonal, random, normal, copy). Default: each initialiser's own norm.",
+            show_default=False,
+        ),
+    ] = None,
+    init_norm: Annotated[
+        str | None,
+        typer.Option(
+            help="orthogonal/random: 'learned' (default) scales to the learned vectors' RMS norm; "
+            "'unit' is the authors' code's literal vector (orthogonal: unit norm; random: uniform "
+            "on [0, 1)). The paper prints neither. Excludes --init-scale.",
+            show_default=False,
+        ),
+    ] = None,
+    init_opt: Annotated[
+        list[str] | None,
+        typer.Option(help="Any setting the chosen initialiser declares, NAME=VALUE (repeatable).", show_default=False),
+    ] = None,
     verify: Annotated[
         bool,
         typer.Option(
@@ -47,14 +79,17 @@ def fuse_cmd(
     templates, the off-diagonal tiles get new coefficients from --init; per-channel
     tensors are concatenated and the classifier bias summed, so with --init zero the
     grown net computes the sum of the nets' logits. One input grows it without fusion.
+    --init-scale S sets every new tile's norm to S times the mean of its layer's diagonal
+    tiles' norms; --json reports the realised ratio s (tile_ratio: median, min, max).
 
     Example: mgtool fuse net1.safetensors net2.safetensors --init orthogonal -o grown.safetensors
-    """
-    from mgtool.coef_init import init_names
-    from mgtool.fuse import fuse
 
-    if init not in init_names():
-        raise usage_error(f"--init: unknown initialiser {init!r}; known: {', '.join(init_names())}")
+    Example: mgtool fuse net1.safetensors net2.safetensors --init-scale 0.25 -o grown.safetensors --json
+    """
+    if init_scale is not None and init_norm == "unit":
+        raise usage_error("--init-scale sets the new tiles' norm and --init-norm unit keeps the authors' literal "
+                          "vector: give one of them")
+    options = parse_options(init_opt)
     seen: dict[Path, Path] = {}
     for src in sources:
         same = seen.get(src.resolve())
@@ -62,10 +97,20 @@ def fuse_cmd(
             raise usage_error(f"{src}: given twice (also as {same}); fusing a net with itself is rarely "
                               "meant: pass two different nets, or --allow-same")
         seen[src.resolve()] = src
-    result = fuse(sources, output, init=init, factor=factor, seed=seed, noise=noise, verify=verify, force=force)
+    from mgtool.fuse import fuse
+
+    try:
+        result = fuse(sources, output, init=init, factor=factor, seed=seed, noise=noise, init_scale=init_scale,
+                      init_norm=init_norm, init_options=options, verify=verify, force=force)
+    except SettingError as e:
+        if e.field in options:  # a setting given as --init-opt NAME=VALUE: say so
+            raise e.renamed(f"--init-opt {e.field}") from None
+        raise
     d = result.to_dict()
+    ratio = d["tile_ratio"]
+    shown = f", tile ratio s {ratio['median']:.3g} (min {ratio['min']:.3g}, max {ratio['max']:.3g})" if ratio else ""
     done("fused", f"{len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "
-         f"{result.new_tiles} new tiles ({init}), {result.parameters:,} parameters")
+         f"{result.new_tiles} new tiles ({init}{shown}), {result.parameters:,} parameters")
     if "verify" in d:
         console.print(
             f"verified: max |logit diff| {d['verify']['max_abs_logit_diff']:.3g} "

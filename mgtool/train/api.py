@@ -8,12 +8,12 @@ from typing import Any
 
 from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, Flops, check_output_path, read_meta, save_checkpoint
-from mgtool.convert import fresh_template_mixing
 from mgtool.data import DataConfig, data_source, dataset_info, resolve_config
 from mgtool.errors import MgtoolError
 from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
-from mgtool.provenance import Parent, new_provenance, sha256_file
+from mgtool.provenance import Parent, sha256_file
+from mgtool.templates import fresh_template_mixing
 from mgtool.train.distributed import resolve_device
 from mgtool.train.evaluate import check_model_fits, evaluate, resolve_precision
 from mgtool.train.lineage import Lineage

@@ -52,7 +52,8 @@ class TrainSettings:
     milestones: tuple[float, ...] | None = field(default=None, metadata=_opt(
         "--milestones", "Epochs where the step schedule multiplies the lr by 0.1, e.g. 30,60,80.", metavar="E,E,..."))
     warmup_epochs: float | None = field(default=None, metadata=_opt("--warmup", "Linear warm-up epochs."))
-    warmup_lr: float | None = field(default=None, metadata=_opt("--warmup-lr", "Learning rate the warm-up starts from."))
+    warmup_lr: float | None = field(default=None, metadata=_opt(
+        "--warmup-lr", "Learning rate the warm-up starts from."))
     lr_min: float | None = field(default=None, metadata=_opt("--lr-min", "Learning rate the schedule anneals to."))
     cycles: int | None = field(default=None, metadata=_opt("--cycles", "cosine-restarts: number of cosine cycles."))
     cycle_decay: float | None = field(default=None, metadata=_opt(

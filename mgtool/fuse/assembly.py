@@ -1,0 +1,213 @@
+"""Streaming assembly of the grown tensors, and the initialisation of the new tiles.
+
+The inputs' state dicts are consumed one at a time (``place``); the new tiles are then
+filled by the chosen initialiser, one call per (bank, template set), and, with
+``--init-scale S``, each new coefficient vector is rescaled so that its generated tile's
+Frobenius norm is S times the mean norm of the same layer's diagonal tiles. A tile is
+linear in its coefficient vector, so the rescaling is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mgtool.coef_init import CoefInit, get_init
+from mgtool.errors import MgtoolError, SettingError, check_range
+from mgtool.fuse.layout import CONCAT, FIRST, HIDDEN, MAX, FusionLayout, coefficient_key
+from mgtool.fuse.ratios import templates_gram, tile_norm
+
+# The --init-scale used when none is given: None keeps each initialiser's own norm.
+DEFAULT_INIT_SCALE: float | None = None
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    """A checked ``--init`` choice: the initialiser, its settings, and the tile-ratio target."""
+
+    init: CoefInit
+    params: dict[str, Any]
+    scale: float | None  # --init-scale S; None: the initialiser's own norm
+
+    @property
+    def name(self) -> str:
+        return self.init.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"init": self.name, "init_options": dict(self.params), "init_scale": self.scale}
+
+
+def resolve_init(
+    name: str,
+    *,
+    scale: float | None = None,
+    noise: float = 0.0,
+    init_norm: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> InitSettings:
+    """Check an initialiser choice once: its name, its own settings, and ``scale``.
+
+    ``noise`` and ``init_norm`` are the named settings the CLI has flags for; ``options``
+    holds any declared setting by name. ``noise`` 0 means "not given".
+    """
+    init = get_init(name)
+    given = dict(options or {})
+    if noise != 0.0:
+        given["noise"] = noise
+    if init_norm is not None:
+        given["init_norm"] = init_norm
+    params = init.settings(given)
+    unit = params.get("init_norm") == "unit"
+    if scale is not None:
+        check_range("init_scale", scale, low=0.0)
+        if not init.scalable:
+            raise SettingError("init_scale", f"does not apply to --init {name} (its new tiles are 0)")
+        if unit:
+            raise SettingError("init_scale", "sets the new tiles' norm, and --init-norm unit keeps the "
+                                             "authors' literal vector: give one of them")
+        scale = float(scale)
+    elif init.scalable and not unit:
+        scale = DEFAULT_INIT_SCALE
+    return InitSettings(init, params, scale)
+
+
+@dataclass
+class Assembly:
+    """The grown tensors, filled one input at a time."""
+
+    layout: FusionLayout
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    learned: dict[tuple[str, int], list[Tensor]] = field(default_factory=dict)
+
+    def _slot(self, key: str, like: Tensor, zero: bool) -> Tensor:
+        if key not in self.tensors:
+            shape = self.layout.shapes[key]
+            make = torch.zeros if zero else torch.empty
+            self.tensors[key] = make(shape, dtype=like.dtype)
+        return self.tensors[key]
+
+    def place(self, index: int, source: Mapping[str, Tensor]) -> None:
+        layout = self.layout
+        slots = [index] if layout.fused else list(range(layout.factor))
+        for bank in layout.plan.banks:
+            key = f"banks.{bank.name}"
+            value = source[key]
+            if layout.fused:
+                self._slot(key, value, zero=False)[index] = value[0]
+            else:
+                self.tensors[key] = value.detach().clone()
+        for layer in layout.plan.layers:
+            key = coefficient_key(layer.name)
+            alpha = source[key][0, 0]
+            out = self._slot(key, alpha, zero=True)
+            k = alpha.shape[0]
+            role = layout.roles[layer.name]
+            for s in slots:
+                if role == HIDDEN:
+                    out[s, s] = alpha
+                elif role == FIRST:
+                    out[s, 0] = alpha
+                elif layout.fused:
+                    out[0, s, s * k : (s + 1) * k] = alpha
+                else:
+                    out[0, s] = alpha
+            self.learned.setdefault((layer.bank, layout.set_of_row(index)), []).append(alpha.detach().clone())
+        for key, rule in layout.rules.items():
+            value = source[key]
+            out = self._slot(key, value, zero=True)
+            if rule == MAX:
+                out.copy_(torch.maximum(out, value))
+                continue
+            for s in slots:
+                if rule == CONCAT:
+                    n = value.shape[0]
+                    out[s * n : (s + 1) * n] = value
+                else:  # SUM
+                    out += value
+
+    def initialise_new_tiles(self, settings: InitSettings, generator: torch.Generator) -> int:
+        """Fill every new tile, one initialiser call per (bank, set); returns the tile count."""
+        layout = self.layout
+        groups: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
+        for layer, r, c in layout.new_tiles():
+            groups.setdefault((layer.bank, layout.set_of_row(r)), []).append((layer.name, r, c))
+        scaler = _Scaler(self) if settings.scale is not None else None
+        for bank in layout.plan.banks:
+            for s in range(bank.sets):
+                tiles = groups.get((bank.name, s), [])
+                if not tiles:
+                    continue
+                learned = torch.stack(self.learned[(bank.name, s)]).double()
+                copies = torch.stack([self.tensors[coefficient_key(name)][r, r] for name, r, _ in tiles]).double()
+                vectors = settings.init.fn(learned, copies, generator, **settings.params)
+                if tuple(vectors.shape) != tuple(copies.shape):
+                    raise MgtoolError(
+                        f"--init {settings.name} returned shape {tuple(vectors.shape)}, expected {tuple(copies.shape)}"
+                    )
+                for (name, r, c), v in zip(tiles, vectors):
+                    if scaler is not None:
+                        assert settings.scale is not None
+                        v = scaler.scaled(name, bank.name, s, v, settings.scale)
+                    out = self.tensors[coefficient_key(name)]
+                    out[r, c] = v.to(out.dtype)
+        return sum(len(t) for t in groups.values())
+
+
+class _Scaler:
+    """Rescales new coefficient vectors to a tile-norm target (one Gram matrix per template set)."""
+
+    def __init__(self, assembly: Assembly):
+        self._a = assembly
+        self._grams: dict[tuple[str, int], Tensor] = {}
+        self._diagonal: dict[str, float] = {}
+
+    def _gram(self, bank: str, s: int) -> Tensor:
+        if (bank, s) not in self._grams:
+            self._grams[(bank, s)] = templates_gram(self._a.tensors[f"banks.{bank}"], (s,))
+        return self._grams[(bank, s)]
+
+    def _diagonal_mean(self, name: str, bank: str) -> float:
+        if name not in self._diagonal:
+            coefs, layout = self._a.tensors[coefficient_key(name)], self._a.layout
+            g = layout.factor
+            norms = [float(tile_norm(self._gram(bank, layout.set_of_row(r)), coefs[r, r])) for r in range(g)]
+            self._diagonal[name] = sum(norms) / g
+        return self._diagonal[name]
+
+    def scaled(self, name: str, bank: str, s: int, v: Tensor, scale: float) -> Tensor:
+        target = scale * self._diagonal_mean(name, bank)
+        norm = float(tile_norm(self._gram(bank, s), v))
+        if target == 0.0:
+            return torch.zeros_like(v)
+        if not norm > 0.0:
+            raise MgtoolError(f"--init-scale: a new tile of layer {name} is 0 before scaling, so no "
+                              "scale can give it a norm; use another --init")
+        return v * (target / norm)
+
+
+def fuse_tensors(
+    layout: FusionLayout,
+    sources: Iterable[Mapping[str, Tensor]],
+    init: InitSettings,
+    *,
+    seed: int = 0,
+) -> tuple[dict[str, Tensor], int]:
+    """The grown state dict from the inputs' state dicts (consumed one at a time).
+
+    Returns the tensors and the number of new tiles initialised.
+    """
+    assembly = Assembly(layout)
+    count = 0
+    for index, source in enumerate(sources):
+        assembly.place(index, source)
+        count += 1
+    expected = layout.factor if layout.fused else 1
+    if count != expected:
+        raise MgtoolError(f"fuse got {count} inputs, expected {expected}")
+    generator = torch.Generator().manual_seed(seed)
+    new = assembly.initialise_new_tiles(init, generator)
+    return assembly.tensors, new
