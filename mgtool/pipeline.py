@@ -26,7 +26,7 @@ import torch
 from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.budget import epochs_for_flops, flops_norm, samples_per_epoch
 from mgtool.checkpoint import atomic_write, read_meta
-from mgtool.convert import convert, fresh_template_mixing
+from mgtool.convert import convert
 from mgtool.data import data_config, dataset_info, split_size
 from mgtool.errors import MgtoolError, SettingError
 from mgtool.export import export
@@ -39,6 +39,7 @@ from mgtool.run_summary import Summary, stage_rows
 from mgtool.runner import Ledger, Stage, StageOutcome
 from mgtool.scratch import train_plain
 from mgtool.subset import write_idx_subset
+from mgtool.templates import fresh_template_mixing
 from mgtool.train import Runtime, TrainConfig, evaluate_checkpoint, finetune, train_config, train_small
 from mgtool.train.api import like_seed, require_small_template_mixing
 from mgtool.train.paths import run_paths

@@ -17,11 +17,11 @@ from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, save_checkpoint
 from mgtool.cli import app
 from mgtool.cli.data_options import data_config_from_cli
-from mgtool.convert import fresh_template_mixing
 from mgtool.data import DataConfig, data_config, data_source, eval_batches, get_dataset
 from mgtool.data.sources.synthetic import synthetic_arrays
 from mgtool.errors import MgtoolError
 from mgtool.provenance import new_provenance
+from mgtool.templates import fresh_template_mixing
 
 runner = CliRunner()
 

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, Flops, read_meta, save_checkpoint
 from mgtool.cli import app
-from mgtool.convert import fresh_template_mixing
 from mgtool.data import data_config, eval_batches
 from mgtool.errors import MgtoolError, SettingError
 from mgtool.loading import load
 from mgtool.provenance import new_provenance
 from mgtool.recalibrate import BN_BUFFERS, recalibrate_bn
+from mgtool.templates import fresh_template_mixing
 
 DATA = data_config("synthetic", options={"shape": "3x16x16", "train_size": 64, "test_size": 32})
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from mgtool.archs import ArchSpec
 from mgtool.cli import app
-from mgtool.convert import fresh_template_mixing
 from mgtool.errors import SettingError
+from mgtool.templates import fresh_template_mixing
 from mgtool.train import TrainSettings, train_config
 from mgtool.train.optim import make_optimizer, parameter_groups
 from mgtool.train.schedule import schedule_lrs

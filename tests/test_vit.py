@@ -20,11 +20,11 @@ from mgtool.archs import ArchSpec, build_plain, grow_spec, input_size, resolve_s
 from mgtool.archs.vit import dims, timm_kwargs, vit_qkv_tile_order
 from mgtool.checkpoint import CheckpointMeta, Flops, save_checkpoint
 from mgtool.cli import app
-from mgtool.convert import to_template_mixing
 from mgtool.errors import MgtoolError
 from mgtool.grow_baselines import grow, grow_net2net
 from mgtool.grow_vit import grow_vit_preserving, grow_vit_random, tensor_spaces, vit_maps, zero_sum_noise
 from mgtool.provenance import new_provenance
+from mgtool.templates import to_template_mixing
 
 from .conftest import TINY_SPECS, randomised_plain
 
