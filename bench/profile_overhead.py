@@ -12,7 +12,8 @@ jobs share the cores), median of ``--repeats`` interleaved repetitions:
   Python overhead.
 
 for mgtool's generation and for the einsum it replaced (``bench/overhead.py``). Then a
-``torch.profiler`` table of the template-mixing step's top operators.
+``torch.profiler`` table of the operators whose self CPU time differs most between the two
+models' steps.
 
     python bench/profile_overhead.py                      # ResNet-18 x0.5, 32x32, batch 64, 1 thread
     python bench/profile_overhead.py --case wrn-16-4 --repeats 5
@@ -88,7 +89,9 @@ def main() -> None:
     p.add_argument("--case", choices=sorted(CASES), default="resnet18-0.5")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--rows", type=int, default=15, help="rows of the profiler table")
+    p.add_argument("--rows", type=int, default=20, help="rows of the profiler table")
+    p.add_argument("--profiled-steps", type=int, default=3)
+    p.add_argument("--sgd-profiled", choices=sorted(SGD_FLAGS), default="default")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     models, spec, size, batch = build_models(a.case, ("einsum-before",))
@@ -117,23 +120,35 @@ def main() -> None:
     for name in SGD_FLAGS:
         print(f"{'SGD step ' + name + ' (plain ' + format(opt['plain ' + name], '.2f') + ')':<44}"
               f"{opt['mgtool ' + name]:>10.2f}")
+    print(f"{'whole step':<28}{'SGD':>8}{'plain ms':>10}{'extra ms':>10}{'unexplained':>13}{'ratio':>8}")
     for name in ("default", "fused"):
         pl = steps[f"plain {name}"]
         for key in ("mgtool", "einsum-before"):
             extra = steps[f"{key} {name}"] - pl
             parts = g[f"{key} fwd+bwd"] + opt[f"mgtool {name}"] - opt[f"plain {name}"]
-            print(f"{'step, SGD ' + name + ': plain ' + format(pl, '.1f') + ', extra (rest)':<44}"
-                  f"{'' if key == 'mgtool' else ' ' * 10}{extra:>10.1f} ({extra - parts:+.1f})"
-                  f"  ratio {steps[f'{key} {name}'] / pl:.3f}")
+            print(f"{key:<28}{name:>8}{pl:>10.1f}{extra:>10.1f}{extra - parts:>13.1f}"
+                  f"{steps[f'{key} {name}'] / pl:>8.3f}")
 
-    step = full_step(tm, x, y, SGD_FLAGS["default"])
-    step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(3):
-            step()
-    print(f"\ntorch.profiler, template-mixing step (3 steps), top {a.rows} operators by self CPU time")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
-
+    per_op = {}
+    for key, model in (("plain", plain), ("mgtool", tm)):
+        step = full_step(model, x, y, SGD_FLAGS[a.sgd_profiled])
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(a.profiled_steps):
+                step()
+        per_op[key] = {e.key: (e.self_cpu_time_total / 1000 / a.profiled_steps, e.count // a.profiled_steps)
+                       for e in prof.key_averages()}
+    ops = sorted(set(per_op["plain"]) | set(per_op["mgtool"]),
+                 key=lambda k: -abs(per_op["mgtool"].get(k, (0, 0))[0] - per_op["plain"].get(k, (0, 0))[0]))
+    total = {k: sum(v[0] for v in per_op[k].values()) for k in per_op}
+    print(f"\ntorch.profiler, self CPU ms per step (SGD {a.sgd_profiled}, {a.profiled_steps} steps; profiler "
+          f"overhead included): plain {total['plain']:.1f}, mgtool {total['mgtool']:.1f}; "
+          f"top {a.rows} operators by difference")
+    print(f"{'operator':<58}{'plain ms':>10}{'calls':>7}{'mgtool ms':>11}{'calls':>7}{'diff ms':>9}")
+    for op in ops[: a.rows]:
+        pt, pc = per_op["plain"].get(op, (0.0, 0))
+        mt, mc = per_op["mgtool"].get(op, (0.0, 0))
+        print(f"{op[:57]:<58}{pt:>10.2f}{pc:>7}{mt:>11.2f}{mc:>7}{mt - pt:>9.2f}")
 
 if __name__ == "__main__":
     main()
