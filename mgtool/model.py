@@ -90,7 +90,7 @@ class TemplateMixingNet(nn.Module):
                 module.weight = weight
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._records_graph():
+        if self._records_graph() or torch.jit.is_tracing():  # a FLOP count traces the generation
             self.generate_weights()
         else:
             self._cached_weights()

@@ -144,3 +144,16 @@ def test_materialised_state_dict_matches_generation():
     for module, _, _ in tm._mixed:
         name = next(n for n, m in tm.net.named_modules() if m is module)
         assert torch.equal(sd[f"{name}.weight"], module.weight.detach())
+
+
+def test_a_flop_count_after_cached_evaluation_still_counts_the_generation():
+    pytest.importorskip("fvcore")
+    from mgtool.flops import forward_flops
+
+    tm = _model()
+    before = forward_flops(tm, (3, 16, 16), 1)
+    with torch.no_grad():
+        tm(X)  # weights now cached
+        assert forward_flops(tm, (3, 16, 16), 1) == before
+    generation = sum(m.coefficients.shape[-1] * m.weight.numel() for m, _, _ in tm._mixed)
+    assert before - forward_flops(tm, (3, 16, 16), 2) == pytest.approx(generation / 2, rel=0.01)
