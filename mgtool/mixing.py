@@ -7,7 +7,7 @@ coefficients of shape ``(rows, cols, M*K)`` (``M`` sets per row) the weight is
 
     W[r*o:(r+1)*o, c*i:(c+1)*i] = sum_k coefs[r, c, k] * T_row(r)[k]
 
-produced by one ``einsum`` per layer. A small network is the 1x1 grid.
+produced by one matrix product per bank group (``_Mix``). A small network is the 1x1 grid.
 """
 
 from __future__ import annotations
@@ -44,17 +44,99 @@ def mix(bank: Tensor, coefficients: Tensor, row_sets: RowSets) -> Tensor:
     """Generate a layer weight ``(rows*o, cols*i, *rest)`` from its bank and coefficients.
 
     ``coefficients`` may carry a leading layer dimension ``(L, rows, cols, K)`` for layers
-    that share the bank and the grid: then one einsum makes all L weights, ``(L, *weight)``,
+    that share the bank and the grid: then one product makes all L weights, ``(L, *weight)``,
     and the backward pass writes the bank's gradient once instead of once per layer.
     """
     templates = row_templates(bank, row_sets)
     batched = coefficients.dim() == 4
     coefs = coefficients if batched else coefficients.unsqueeze(0)
-    layers, rows, cols = coefs.shape[:3]
-    out_t, in_t, *rest = templates.shape[2:]
-    weight = torch.einsum("lrck,rkoi...->lroci...", coefs, templates)
-    weight = weight.reshape(layers, rows * out_t, cols * in_t, *rest)
+    if torch.jit.is_tracing():  # FLOP counters trace the model; they see an einsum, not a Python op
+        layers, rows, cols = coefs.shape[:3]
+        out_t, in_t, *rest = templates.shape[2:]
+        weight = torch.einsum("lrck,rkoi...->lroci...", coefs, templates)
+        weight = weight.reshape(layers, rows * out_t, cols * in_t, *rest)
+    else:
+        weight = _Mix.apply(templates, coefs)
     return weight if batched else weight[0]
+
+
+# The coefficient gradient is a product with a tiny output ``(L*cols, K)`` and a long
+# reduction over every weight value; on CUDA a single GEMM of that shape runs on a handful
+# of thread blocks, so the reduction is split into batches of about this many values.
+REDUCTION_CHUNK = 8192
+
+
+class _Mix(torch.autograd.Function):
+    """``W[l, r*o, c*i] = sum_k C[l, r, c, k] T[r, k, o, i]`` as one (batched) matrix product.
+
+    Forward and backward are each one ``bmm`` per direction (``mm`` for 1x1 grids, whose
+    weights are then views of the product, no copy). ``torch.einsum`` computes the same
+    product but, for these shapes, permutes its operands into slower kernels. Runs in the
+    templates' dtype with autocast off: generated weights are the fp32 values a plain
+    model's weights would be, and the layer's own autocast casts them as it casts a plain
+    weight.
+    """
+
+    @staticmethod
+    def forward(ctx, templates: Tensor, coefs: Tensor) -> Tensor:  # type: ignore[override]
+        with torch.autocast(templates.device.type, enabled=False):
+            rows, k, out_t, in_t, *rest = templates.shape
+            layers, _, cols, _ = coefs.shape
+            flat_t = templates.reshape(rows, k, -1)
+            flat_c = coefs.to(templates.dtype).transpose(0, 1).reshape(rows, layers * cols, k)
+            product = torch.bmm(flat_c, flat_t)  # (rows, L*cols, o*i*rest)
+            if rows == 1 and cols == 1:
+                weight = product.view(layers, out_t, in_t, *rest)
+            else:
+                weight = (product.view(rows, layers, cols, out_t, in_t, *rest)
+                          .transpose(0, 1).transpose(2, 3)
+                          .reshape(layers, rows * out_t, cols * in_t, *rest))
+        ctx.save_for_backward(flat_t, flat_c)
+        ctx.grid = (rows, cols, layers, out_t, in_t, tuple(rest))
+        ctx.coef_dtype = coefs.dtype
+        return weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        flat_t, flat_c = ctx.saved_tensors
+        rows, cols, layers, out_t, in_t, rest = ctx.grid
+        need_t, need_c = ctx.needs_input_grad[:2]
+        with torch.autocast(flat_t.device.type, enabled=False):
+            grad = grad.to(flat_t.dtype)
+            if rows == 1 and cols == 1:
+                flat_g = grad.reshape(1, layers, -1)
+            else:
+                flat_g = (grad.reshape(layers, rows, out_t, cols, in_t, *rest)
+                          .transpose(0, 1).transpose(2, 3).reshape(rows, layers * cols, -1))
+            grad_t = grad_c = None
+            if need_t:
+                grad_t = torch.bmm(flat_c.transpose(1, 2), flat_g).view(rows, -1, out_t, in_t, *rest)
+            if need_c:
+                chunk = REDUCTION_CHUNK if flat_g.is_cuda else None
+                grad_c = reduce_product(flat_g, flat_t, chunk)  # (rows, L*cols, K)
+                grad_c = grad_c.view(rows, layers, cols, -1).transpose(0, 1).to(ctx.coef_dtype)
+        return grad_t, grad_c
+
+
+def reduce_product(a: Tensor, b: Tensor, chunk: int | None = None) -> Tensor:
+    """``a @ b^T`` for ``a (R, m, N)`` and ``b (R, k, N)`` with tiny m, k and long N.
+
+    With ``chunk``, N is cut into batches of ``chunk`` values whose partial products are
+    summed (and any remainder added), so that the GPU runs one block per batch.
+    """
+    n = a.shape[-1]
+    if chunk is None or n < 4 * chunk:
+        return torch.bmm(a, b.transpose(1, 2))
+    pieces, head = n // chunk, (n // chunk) * chunk
+    parts = []
+    for r in range(a.shape[0]):  # 1 for a small net's 1x1 grids, g rows for a grown net
+        ar = a[r, :, :head].unflatten(-1, (pieces, chunk)).transpose(0, 1)  # (S, m, chunk)
+        br = b[r, :, :head].unflatten(-1, (pieces, chunk)).transpose(0, 1)  # (S, k, chunk)
+        part = torch.bmm(ar, br.transpose(1, 2)).sum(0)
+        if head < n:
+            part = part + a[r, :, head:] @ b[r, :, head:].T
+        parts.append(part)
+    return torch.stack(parts)
 
 
 def orthonormal_rows(n: int, dim: int, generator: torch.Generator) -> Tensor:

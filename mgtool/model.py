@@ -3,19 +3,41 @@
 The wrapped ``net`` is the family's own module tree with the ``weight`` parameter of
 every mixed layer removed; each such layer instead carries a ``coefficients``
 parameter ``(rows, cols, K)``, and the templates live in ``banks`` (one parameter per
-bank, shared by its layers). ``forward`` generates every weight with one einsum per
-layer and then runs the plain forward, so state-dict keys other than weights keep
-the family's names (``net.<layer>.coefficients``, ``banks.<bank>``, ``net.<bn>...``).
+bank, shared by its layers). ``forward`` generates every weight (one matrix product per
+group of layers that share a bank and a grid) and then runs the plain forward, so
+state-dict keys other than weights keep the family's names
+(``net.<layer>.coefficients``, ``banks.<bank>``, ``net.<bn>...``).
+
+Outside training, when generating would record no autograd graph (``torch.no_grad``,
+inference mode, or eval mode with frozen templates and coefficients), the weights last
+generated that way are reused as long as every template and coefficient tensor is the
+same one, unchanged: same object, storage, version counter, dtype and device, and no
+``torch.optim`` step was taken since. ``load_state_dict``, ``.to()`` and in-place edits
+change one of these; ``train()`` drops the cache. Writing through ``param.data`` outside
+an optimizer bypasses the version counter and is not seen.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mgtool.errors import MgtoolError
 from mgtool.mixing import mix
 from mgtool.plan import TemplatePlan, mixable_layers
+
+# Fused optimizers (``SGD(fused=True)``, ``AdamW(fused=True)``) update parameters without
+# bumping their version counters, so the weight cache also keys on a count of every
+# optimizer step taken in this process.
+_optimizer_steps = [0]
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    _optimizer_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 class TemplateMixingNet(nn.Module):
@@ -54,9 +76,11 @@ class TemplateMixingNet(nn.Module):
             self._mixed.append((module, layer.bank, layer.row_sets))
             groups.setdefault((layer.bank, layer.rows, layer.cols, layer.row_sets), []).append(module)
         self._groups = [(bank, row_sets, modules) for (bank, _, _, row_sets), modules in groups.items()]
+        self._cache_key: tuple | None = None  # state of the parameters the current weights came from
 
     def generate_weights(self) -> None:
         """Set every mixed layer's ``weight`` (a plain tensor attribute) from its templates."""
+        self._cache_key = None
         for bank, row_sets, modules in self._groups:
             if len(modules) == 1:
                 modules[0].weight = mix(self.banks[bank], modules[0].coefficients, row_sets)
@@ -66,13 +90,38 @@ class TemplateMixingNet(nn.Module):
                 module.weight = weight
 
     def forward(self, x: Tensor) -> Tensor:
-        self.generate_weights()
+        if self._records_graph() or torch.jit.is_tracing():  # a FLOP count traces the generation
+            self.generate_weights()
+        else:
+            self._cached_weights()
         return self.net(x)
+
+    def train(self, mode: bool = True) -> TemplateMixingNet:
+        if mode:
+            self._cache_key = None
+        return super().train(mode)
+
+    def _mixing_parameters(self) -> list[Tensor]:
+        return [*self.banks.values(), *(module.coefficients for module, _, _ in self._mixed)]
+
+    def _records_graph(self) -> bool:
+        """Whether generating now builds an autograd graph (training, or gradients wanted)."""
+        if not torch.is_grad_enabled():
+            return False
+        return self.training or any(p.requires_grad for p in self._mixing_parameters())
+
+    def _cached_weights(self) -> None:
+        """Generate without a graph unless the current weights came from these exact parameters."""
+        key = (torch.is_inference_mode_enabled(), _optimizer_steps[0],
+               *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self._mixing_parameters()))
+        if key != self._cache_key:
+            self.generate_weights()
+            self._cache_key = key
 
     @torch.no_grad()
     def materialised_state_dict(self) -> dict[str, Tensor]:
         """The plain state dict with the family's key names: generated weights, no templates."""
-        self.generate_weights()
+        self._cached_weights()
         names = {id(module): name for name, module in self.net.named_modules()}
         out = {
             k: v.detach().clone()

@@ -1,7 +1,8 @@
+import pytest
 import torch
 from torch.testing import assert_close
 
-from mgtool.mixing import decompose, mix, orthonormal_rows, row_templates
+from mgtool.mixing import decompose, mix, orthonormal_rows, reduce_product, row_templates
 
 
 def _bank(sets: int, k: int, tile: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -77,3 +78,50 @@ def test_mix_with_a_layer_dimension_equals_mixing_each_layer():
     assert batched.shape == (3, 8, 10, 3, 3)
     for layer in range(3):
         assert_close(batched[layer], mix(bank, coefs[layer], ((0,), (1,))), rtol=1e-6, atol=1e-6)
+
+
+def _einsum_mix(bank: torch.Tensor, coefs: torch.Tensor, row_sets) -> torch.Tensor:
+    """The defining formula, one einsum (mgtool's first implementation)."""
+    t = row_templates(bank, row_sets)
+    layers, rows, cols = coefs.shape[:3]
+    out_t, in_t, *rest = t.shape[2:]
+    return torch.einsum("lrck,rkoi...->lroci...", coefs, t).reshape(layers, rows * out_t, cols * in_t, *rest)
+
+
+@pytest.mark.parametrize("sets,row_sets,cols", [
+    (1, ((0,),), 1), (2, ((0,), (1,)), 2), (2, ((0, 1),), 2), (1, ((0,), (0,)), 3), (2, ((1,), (0,)), 1),
+])
+def test_mix_forward_and_gradients_equal_the_einsum(sets, row_sets, cols):
+    bank = _bank(sets, 2, (3, 4, 3, 3)).double()
+    per_row = len(row_sets[0]) * 2
+    coefs = torch.randn(3, len(row_sets), cols, per_row, dtype=torch.float64)
+    grad = torch.randn(3, len(row_sets) * 3, cols * 4, 3, 3, dtype=torch.float64)
+    results = []
+    for fn in (mix, _einsum_mix):
+        b, c = bank.clone().requires_grad_(), coefs.clone().requires_grad_()
+        w = fn(b, c, row_sets)
+        w.backward(grad)
+        results.append((w.detach(), b.grad, c.grad))
+    for got, want in zip(*results):
+        assert_close(got, want, rtol=1e-12, atol=1e-12)
+    b, c = bank.clone().requires_grad_(), coefs.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda b, c: mix(b, c, row_sets), (b, c))
+
+
+def test_mix_runs_in_fp32_under_autocast_and_skips_unneeded_gradients():
+    bank = _bank(1, 4, (6, 5)).requires_grad_()
+    coefs = torch.randn(2, 1, 1, 4)  # frozen coefficients
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = mix(bank, coefs, ((0,),))
+    assert w.dtype == torch.float32
+    assert_close(w, _einsum_mix(bank.detach(), coefs, ((0,),)), rtol=1e-6, atol=1e-6)
+    w.sum().backward()
+    assert bank.grad is not None and coefs.grad is None
+
+
+@pytest.mark.parametrize("n", [4 * 16, 4 * 16 + 5, 40])
+def test_reduce_product_in_chunks_equals_one_product(n):
+    a, b = torch.randn(2, 3, n, dtype=torch.float64), torch.randn(2, 4, n, dtype=torch.float64)
+    want = a @ b.transpose(1, 2)
+    assert_close(reduce_product(a, b, chunk=16), want, rtol=1e-12, atol=1e-12)
+    assert_close(reduce_product(a, b), want, rtol=1e-12, atol=1e-12)

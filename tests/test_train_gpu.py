@@ -38,8 +38,11 @@ def test_crop_on_cuda_takes_windows_of_the_padded_image():
 @pytest.mark.parametrize("extra", [[], ["--compile"]])
 def test_train_small_on_cuda_bf16_channels_last(tmp_path, extra):
     out = tmp_path / "gpu.safetensors"
+    # The CPU test's settings (batch 16, no warm-up): at batch 32 with the default warm-up, 24 steps
+    # reach only about 23% test accuracy on the CPU too, below the 30% asserted here.
     r = runner.invoke(app, ["train-small", "--arch", "tiny-cnn", "--width", "1", *DATA, "--epochs", "3",
-                            "--batch-size", "32", "--device", "cuda", "--quiet", "--json", *extra, "-o", str(out)])
+                            "--batch-size", "16", "--warmup", "0", "--device", "cuda", "--quiet", "--json",
+                            *extra, "-o", str(out)])
     assert r.exit_code == 0, r.output
     meta = read_meta(out)
     assert meta.training["precision"] == "bf16" and meta.training["complete"]
