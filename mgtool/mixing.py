@@ -61,9 +61,10 @@ def mix(bank: Tensor, coefficients: Tensor, row_sets: RowSets) -> Tensor:
 
 
 # The coefficient gradient is a product with a tiny output ``(L*cols, K)`` and a long
-# reduction over every weight value; on CUDA a single GEMM of that shape runs on a handful
-# of thread blocks, so the reduction is split into batches of about this many values.
-REDUCTION_CHUNK = 8192
+# reduction over every weight value. Splitting that reduction into batches (``reduce_product``
+# with a chunk) was meant to spread it over more GPU blocks, but on an H200 the single product
+# is faster (WRN-28-10 step 22.6 ms vs 25.5 ms, bench/gpu_profile.py), so it is off (None).
+REDUCTION_CHUNK: int | None = None
 
 
 class _Mix(torch.autograd.Function):
