@@ -58,7 +58,8 @@ def fuse_cmd(
     ] = None,
     init_opt: Annotated[
         list[str] | None,
-        typer.Option(help="Any setting the chosen initialiser declares, NAME=VALUE (repeatable).", show_default=False),
+        typer.Option(help="Any setting the chosen initialiser declares, NAME=VALUE (repeatable).", show_default=False,
+                     metavar="NAME=VALUE"),
     ] = None,
     verify: Annotated[
         bool,
