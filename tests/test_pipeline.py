@@ -30,8 +30,12 @@ STAGE_FILES = ("net1.safetensors", "net2.safetensors", "grown.safetensors", "gro
 runner = CliRunner()
 
 
+RECALIBRATE = ["--set", "recalibrate.samples=2048"]  # off by default; the smoke runs here recalibrate
+
+
 def run(args: list[str]) -> dict:
-    result = runner.invoke(app, ["run", *args, "--json", "-q"])
+    """``mgtool run RECIPE ...`` with BatchNorm recalibration on (a later --set may turn it off)."""
+    result = runner.invoke(app, ["run", args[0], *RECALIBRATE, *args[1:], "--json", "-q"])
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -197,7 +197,7 @@ def test_growth_settings_reach_the_recipe() -> None:
                                         "finetune.train.protocol=authors", "finetune.train.coef_weight_decay=0.01"])
     assert (r.fuse.init_scale, r.fuse.init_norm, r.recalibrate.samples) == (0.25, "learned", 0)
     assert (r.finetune.train.protocol, r.finetune.train.coef_weight_decay) == ("authors", 0.01)
-    assert recipe_from_dict(smoke_dict()).recalibrate.samples == 2048  # on by default (see RecalibrateSection)
+    assert recipe_from_dict(smoke_dict()).recalibrate.samples == 0  # off unless asked (see RecalibrateSection)
     with pytest.raises(SettingError) as e:
         recipe_from_dict(smoke_dict(), ["finetune.train.protocol=theirs"])
     assert e.value.label == "finetune.train.protocol"

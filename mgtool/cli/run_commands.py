@@ -77,13 +77,14 @@ def run_cmd(
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a recipe: net 1 (train or convert), net 2, fuse, finetune, export, eval.
+    """Run a recipe: net 1 (train or convert), net 2, fuse, recalibrate BatchNorm, finetune, export, eval.
 
     The whole recipe is checked first. Each stage writes its own file in DIR; a rerun
     skips stages whose inputs and settings are unchanged and resumes an interrupted
     training stage; one process at a time per DIR. Ends with a table of every
     stage's accuracy and training FLOPs (FLOPs Norm against the large net from scratch)
-    and writes DIR/summary.json (its path on stdout).
+    and writes DIR/summary.json (its path on stdout), with accuracy at growth (as fused
+    and recalibrated) and per epoch after it, drawn to DIR/after-growth.png.
 
     Example: mgtool run recipes/fashion-mnist-cpu.yaml -o runs/fmnist --set finetune.train.epochs=3
     """
@@ -122,8 +123,9 @@ def demo_cmd(
 ) -> None:
     """Grow two small WRNs into a wide one on real Fashion-MNIST, in minutes on a CPU.
 
-    Trains net 1 and net 2 (WRN-10 at widen 0.5), fuses them into a WRN-10-1, fine-tunes
-    it, and trains a WRN-10-1 from scratch with the same FLOPs; ends with a table. The
+    Trains net 1 and net 2 (WRN-10 at widen 0.5), fuses them into a WRN-10-1, re-estimates
+    its BatchNorm statistics, fine-tunes it, and trains a WRN-10-1 from scratch with the
+    same FLOPs on a complete schedule; ends with a table. The
     data is found automatically (Debian's dataset-fashion-mnist, ./data, or a download).
 
     Example: mgtool demo -o runs/demo
