@@ -300,15 +300,28 @@ class Pipeline:
         data = self.data if e.test_set == "subset" else self.source
         config = {"test_set": e.test_set, "limit": e.limit, "data": data.to_dict()}
         out = self.dir / FILES["eval"]
+        # The net the fine-tune starts from, also on the fine-tune's per-epoch test images when
+        # those differ from eval's: the growth point of the per-epoch curve.
+        start = checkpoints.get("grown_bn") or checkpoints.get("grown")
+        if start is not None and not self.same_test_images():
+            config["growth_start_on"] = self.data.to_dict()
+        else:
+            start = None
+
+        def one(ckpt: Path, on: Any, limit: int | None) -> dict[str, Any]:
+            r = evaluate_checkpoint(ckpt, on, limit=limit, batch_size=e.batch_size, device=self.r.runtime.device,
+                                    precision=self.r.runtime.precision, workers=self.r.runtime.workers)
+            return {"checkpoint": str(ckpt), **{k: r[k] for k in ("top1", "top5", "loss", "samples")}}
 
         def work(path: Path, resume: bool, force: bool) -> None:
             results = {}
             for role, ckpt in checkpoints.items():
-                r = evaluate_checkpoint(ckpt, data, limit=e.limit, batch_size=e.batch_size,
-                                        device=self.r.runtime.device, precision=self.r.runtime.precision,
-                                        workers=self.r.runtime.workers)
-                results[role] = {"checkpoint": str(ckpt), **{k: r[k] for k in ("top1", "top5", "loss", "samples")}}
+                results[role] = r = one(ckpt, data, e.limit)
                 self.log(f"  eval {role}: top-1 {r['top1']:.2%} on {r['samples']} {data.name} test images")
+            if start is not None:
+                results["growth_start"] = r = one(start, self.data, None)
+                self.log(f"  eval {start.name} on the fine-tune's test images: top-1 {r['top1']:.2%} "
+                         f"on {r['samples']}")
             text = json.dumps(results, indent=1)
             atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         self.stage("eval", config, dict(checkpoints), work)
@@ -324,16 +337,24 @@ class Pipeline:
         # Every file of the subset, whatever the data set's layout (idx .gz, CIFAR batches, subset.json).
         return {f"data/{p.name}": p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
-    def growth_report(self, rows: list[dict[str, Any]], reference: float) -> dict[str, Any]:
+    def same_test_images(self) -> bool:
+        """Whether eval's test images are those the training stages test on after each epoch."""
+        e = self.r.eval
+        return e.test_set == "subset" and e.limit is None
+
+    def growth_report(self, rows: list[dict[str, Any]], results: dict[str, Any],
+                      reference: float) -> dict[str, Any]:
         """summary.json's growth fields: accuracy at growth (as fused and recalibrated) and per
-        epoch of the fine-tune, drawn to after-growth.png (no growth: empty fields, no plot)."""
+        epoch of the fine-tune from the growth point, drawn to after-growth.png (no growth:
+        empty fields, no plot)."""
         if self.r.scratch is not None:
             return {"at_growth": None, "after_growth": [], "after_growth_plot": None}
         tuned = self.dir / FILES["finetune"]
-        e = self.r.eval
-        same_images = e.test_set == "subset" and e.limit is None  # eval's images are the epochs' test images
-        epochs = after_growth(run_paths(tuned).metrics, rows, reference, self.charged(tuned, "final"),
-                              start=same_images)
+        by = {r["stage"]: r for r in rows}
+        start = by.get("grown_bn") or by["grown"]
+        top1 = start["top1"] if self.same_test_images() else results.get("growth_start", {}).get("top1")
+        epochs = after_growth(run_paths(tuned).metrics, reference, self.charged(tuned, "final"),
+                              start=None if top1 is None else (top1, start["flops_norm"]))
         plot = None
         if epochs:
             plot = self.dir / PLOT_FILE
@@ -414,7 +435,7 @@ def run_pipeline(recipe: Recipe, out_dir: Path | str, *, command: str | None = N
         rows = stage_rows(recipe, checkpoints, results, reference, p.charged)
         last = rows[-1] if recipe.scratch is not None else next(r for r in rows if r["stage"] == "final")
         charged = last["flops_charged"]
-        growth = p.growth_report(rows, reference)
+        growth = p.growth_report(rows, results, reference)
         summary = Summary(recipe.name, out_dir, rows, p.outcomes, reference, time.perf_counter() - t0,
                           extra={"flops_charged": charged, "flops_norm": flops_norm(charged, reference),
                                  "reference_epochs": recipe.reference.epochs,

@@ -90,11 +90,11 @@ def at_growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "recalibration_samples": seen}
 
 
-def after_growth(metrics: Path, rows: list[dict[str, Any]], reference: float, final_charged: float, *,
-                 start: bool) -> list[dict[str, Any]]:
+def after_growth(metrics: Path, reference: float, final_charged: float, *,
+                 start: tuple[float, float] | None) -> list[dict[str, Any]]:
     """Test top-1 and lr after each fine-tune epoch (its metrics file), with the FLOPs Norm
-    charged by then. ``start``: also epoch 0, the net the fine-tune started from, when the
-    evaluation used the same test images as the epochs (its lr is null)."""
+    charged by then. ``start``: ``(top1, flops_norm)`` of the net the fine-tune started from,
+    on the same test images, recorded as epoch 0 (its lr is null)."""
     if not metrics.is_file():
         return []
     lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
@@ -102,10 +102,8 @@ def after_growth(metrics: Path, rows: list[dict[str, Any]], reference: float, fi
         return []
     end = lines[-1]["training_flops"]
     out = []
-    if start:
-        by = {r["stage"]: r for r in rows}
-        first = by.get("grown_bn") or by["grown"]
-        out.append({"epoch": 0, "test_top1": first["top1"], "lr": None, "flops_norm": first["flops_norm"]})
+    if start is not None:
+        out.append({"epoch": 0, "test_top1": start[0], "lr": None, "flops_norm": start[1]})
     for x in lines:  # FLOPs Norm after each epoch: the final charge less what was still to come
         out.append({"epoch": x["epoch"], "test_top1": x["test_top1"], "lr": x.get("lr"),
                     "flops_norm": flops_norm(final_charged - (end - x["training_flops"]), reference)})

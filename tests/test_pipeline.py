@@ -285,6 +285,7 @@ def test_accuracy_per_epoch_after_growth_is_recorded_and_drawn(smoke: tuple[Path
     assert [(e["epoch"], e["test_top1"], e["lr"]) for e in epochs[1:]] == [
         (x["epoch"], x["test_top1"], x["lr"]) for x in lines]
     torch.testing.assert_close(epochs[-1]["flops_norm"], rows["final"]["flops_norm"], rtol=1e-12, atol=0)
+    assert "growth_start" not in json.loads((out / "eval.json").read_text())  # epoch 0 is the row above
     from mgtool.analysis.plot import matplotlib_available
 
     if matplotlib_available():
@@ -375,3 +376,13 @@ def test_every_file_of_a_subset_is_an_input(tmp_path: Path) -> None:
     p = Pipeline(recipe_from_dict(data), tmp_path / "run", ledger=None)  # type: ignore[arg-type]
     assert sorted(p._data_inputs()) == ["data/batches.meta", "data/data_batch_1", "data/subset.json",
                                        "data/test_batch"]
+
+
+def test_the_growth_point_is_evaluated_on_the_epochs_test_images_when_eval_uses_others(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = run([str(SMOKE), "-o", str(out), "--set", "eval.limit=32", "--set", "reference.train_match=false"])
+    results = json.loads((out / "eval.json").read_text())
+    assert results["grown_bn"]["samples"] == 32 and results["growth_start"]["samples"] == 64
+    assert results["growth_start"]["checkpoint"] == str(out / "grown.bn.safetensors")
+    start = summary["after_growth"][0]
+    assert (start["epoch"], start["test_top1"], start["lr"]) == (0, results["growth_start"]["top1"], None)
