@@ -2,11 +2,14 @@
 
 Stages (in order): ``data`` (a subset, if the recipe asks for one), ``convert`` (net 1
 given as a plain checkpoint) or ``net1`` (net 1 trained here), ``net2`` (train-small like
-net 1, stopped at the growth point), ``fuse``, ``finetune``, ``export``, ``match`` (the
-large net from scratch with the FLOPs growth spent, if asked) and ``eval``. A baseline
-recipe (``method: random`` or ``net2net``) runs ``plain1`` (net 1 exported) and ``grow``
-instead of net2/fuse, and its fine-tuned net is the final one. A ``scratch:`` recipe
-trains one net from scratch (``scratch``) and evaluates it.
+net 1, stopped at the growth point), ``fuse``, ``recalibrate`` (BatchNorm statistics
+re-estimated; the fine-tune starts from this net; ``recalibrate.samples: 0`` skips it),
+``finetune``, ``export``, ``match`` (the large net from scratch with the FLOPs growth spent,
+on a complete schedule, if asked) and ``eval``. A baseline recipe (``method: random`` or
+``net2net``) runs ``plain1`` (net 1 exported) and ``grow`` instead of net2/fuse, and its
+fine-tuned net is the final one. A ``scratch:`` recipe trains one net from scratch
+(``scratch``) and evaluates it. The summary records accuracy per epoch after growth and
+draws it (after-growth.png, the paper's Fig. 3b analogue for this run).
 
 The runner's ledger (DIR/pipeline.json) skips a stage that is done with the same
 fingerprint (its settings and the sha256 of its inputs) and an intact output, resumes an
@@ -33,9 +36,10 @@ from mgtool.export import export
 from mgtool.flops import flops_per_training_sample
 from mgtool.fuse import fuse
 from mgtool.grow_baselines import grow
-from mgtool.loading import load_checkpoint
+from mgtool.loading import build_model, load_checkpoint
+from mgtool.recalibrate import batchnorm_layers, recalibrate_bn
 from mgtool.recipe import Recipe, TrainSection
-from mgtool.run_summary import Summary, stage_rows
+from mgtool.run_summary import PLOT_FILE, Summary, after_growth, at_growth, plot_after_growth, stage_rows
 from mgtool.runner import Ledger, Stage, StageOutcome
 from mgtool.scratch import train_plain
 from mgtool.subset import write_idx_subset
@@ -52,6 +56,7 @@ FILES = {
     "convert": "net1.safetensors",
     "net2": "net2.safetensors",
     "fuse": "grown.safetensors",
+    "recalibrate": "grown.bn.safetensors",
     "plain1": "net1-plain.safetensors",
     "grow": "grown.safetensors",
     "finetune": "finetuned.safetensors",
@@ -197,9 +202,31 @@ class Pipeline:
         f = self.r.fuse
         sources = [net1] if net2 is None else [net1, net2]
         config = {"init": f.init, "factor": f.factor, "noise": f.noise, "seed": f.seed}
+        # Only when given, so the folders of earlier runs keep their fingerprint.
+        config.update({k: v for k, v in (("init_scale", f.init_scale), ("init_norm", f.init_norm),
+                                         ("init_options", f.init_options)) if v not in (None, {})})
         inputs = {"net1": net1} if net2 is None else {"net1": net1, "net2": net2}
         return self.stage("fuse", config, inputs, lambda out, resume, force: fuse(
-            sources, out, init=f.init, factor=f.factor, seed=f.seed, noise=f.noise, force=True))
+            sources, out, init=f.init, factor=f.factor, seed=f.seed, noise=f.noise, init_scale=f.init_scale,
+            init_norm=f.init_norm, init_options=f.init_options, force=True))
+
+    def recalibrate(self, grown: Path) -> Path | None:
+        """BatchNorm statistics of the grown net re-estimated on training images (None: off, or
+        the net has no BatchNorm)."""
+        rc = self.r.recalibrate
+        if rc.samples == 0:
+            return None
+        meta = read_meta(grown)
+        with torch.device("meta"):  # which layers it has, no memory used
+            model = build_model(meta)
+        if not batchnorm_layers(model):
+            self.log(f"recalibrate: {meta.arch.describe()} has no BatchNorm layers; skipped")
+            return None
+        config = {"samples": rc.samples, "batch_size": rc.batch_size, "data": self.data.to_dict()}
+        return self.stage("recalibrate", config, {"grown": grown, **self._data_inputs()},
+                          lambda out, resume, force: recalibrate_bn(
+                              grown, out, self.data, samples=rc.samples, batch_size=rc.batch_size,
+                              device=self.r.runtime.device, force=True))
 
     def grow_baseline(self, net1: Path) -> Path:
         """Random or Net2Net: net 1 as a plain net, widened by ``fuse.factor``."""
@@ -273,15 +300,28 @@ class Pipeline:
         data = self.data if e.test_set == "subset" else self.source
         config = {"test_set": e.test_set, "limit": e.limit, "data": data.to_dict()}
         out = self.dir / FILES["eval"]
+        # The net the fine-tune starts from, also on the fine-tune's per-epoch test images when
+        # those differ from eval's: the growth point of the per-epoch curve.
+        start = checkpoints.get("grown_bn") or checkpoints.get("grown")
+        if start is not None and not self.same_test_images():
+            config["growth_start_on"] = self.data.to_dict()
+        else:
+            start = None
+
+        def one(ckpt: Path, on: Any, limit: int | None) -> dict[str, Any]:
+            r = evaluate_checkpoint(ckpt, on, limit=limit, batch_size=e.batch_size, device=self.r.runtime.device,
+                                    precision=self.r.runtime.precision, workers=self.r.runtime.workers)
+            return {"checkpoint": str(ckpt), **{k: r[k] for k in ("top1", "top5", "loss", "samples")}}
 
         def work(path: Path, resume: bool, force: bool) -> None:
             results = {}
             for role, ckpt in checkpoints.items():
-                r = evaluate_checkpoint(ckpt, data, limit=e.limit, batch_size=e.batch_size,
-                                        device=self.r.runtime.device, precision=self.r.runtime.precision,
-                                        workers=self.r.runtime.workers)
-                results[role] = {"checkpoint": str(ckpt), **{k: r[k] for k in ("top1", "top5", "loss", "samples")}}
+                results[role] = r = one(ckpt, data, e.limit)
                 self.log(f"  eval {role}: top-1 {r['top1']:.2%} on {r['samples']} {data.name} test images")
+            if start is not None:
+                results["growth_start"] = r = one(start, self.data, None)
+                self.log(f"  eval {start.name} on the fine-tune's test images: top-1 {r['top1']:.2%} "
+                         f"on {r['samples']}")
             text = json.dumps(results, indent=1)
             atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         self.stage("eval", config, dict(checkpoints), work)
@@ -294,7 +334,37 @@ class Pipeline:
         folder = self.dir / "data"
         if self.r.data.subset is None:
             return {}
-        return {f"data/{p.name}": p for p in sorted(folder.glob("*.gz"))}
+        # Every file of the subset, whatever the data set's layout (idx .gz, CIFAR batches, subset.json).
+        return {f"data/{p.name}": p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+    def same_test_images(self) -> bool:
+        """Whether eval's test images are those the training stages test on after each epoch."""
+        e = self.r.eval
+        return e.test_set == "subset" and e.limit is None
+
+    def growth_report(self, rows: list[dict[str, Any]], results: dict[str, Any],
+                      reference: float) -> dict[str, Any]:
+        """summary.json's growth fields: accuracy at growth (as fused and recalibrated) and per
+        epoch of the fine-tune from the growth point, drawn to after-growth.png (no growth:
+        empty fields, no plot)."""
+        if self.r.scratch is not None:
+            return {"at_growth": None, "after_growth": [], "after_growth_plot": None}
+        tuned = self.dir / FILES["finetune"]
+        by = {r["stage"]: r for r in rows}
+        start = by.get("grown_bn") or by["grown"]
+        top1 = start["top1"] if self.same_test_images() else results.get("growth_start", {}).get("top1")
+        epochs = after_growth(run_paths(tuned).metrics, reference, self.charged(tuned, "final"),
+                              start=None if top1 is None else (top1, start["flops_norm"]))
+        plot = None
+        if epochs:
+            plot = self.dir / PLOT_FILE
+            self.ledger.claim(plot)
+            if plot_after_growth(epochs, self.r, plot, log=self.log):
+                self.ledger.record(plot)
+            else:
+                plot = None
+        return {"at_growth": at_growth(rows), "after_growth": epochs,
+                "after_growth_plot": str(plot) if plot else None}
 
     def train_size(self) -> int:
         """The training images actually there (dataset_info gives the full set's nominal size)."""
@@ -311,7 +381,7 @@ class Pipeline:
         meta = read_meta(path)
         if role == "net1":
             return 0.0
-        if self.r.method != "mixturegrowth" and role in ("grown", "final"):
+        if self.r.method != "mixturegrowth" and role in ("grown", "grown_bn", "final"):
             return meta.flops.training - self.net1_flops  # the baselines' grow keeps no "given" mark
         return meta.flops.training - meta.flops.given
 
@@ -365,10 +435,11 @@ def run_pipeline(recipe: Recipe, out_dir: Path | str, *, command: str | None = N
         rows = stage_rows(recipe, checkpoints, results, reference, p.charged)
         last = rows[-1] if recipe.scratch is not None else next(r for r in rows if r["stage"] == "final")
         charged = last["flops_charged"]
+        growth = p.growth_report(rows, results, reference)
         summary = Summary(recipe.name, out_dir, rows, p.outcomes, reference, time.perf_counter() - t0,
                           extra={"flops_charged": charged, "flops_norm": flops_norm(charged, reference),
                                  "reference_epochs": recipe.reference.epochs,
-                                 "data": p.data.to_dict(), "eval_test_set": recipe.eval.test_set})
+                                 "data": p.data.to_dict(), "eval_test_set": recipe.eval.test_set, **growth})
         summary.path = ledger.write_text(out_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=1))
     return summary
 
@@ -384,17 +455,20 @@ def _stages(p: Pipeline) -> dict[str, Path]:
     if recipe.method == "mixturegrowth":
         net2 = p.net2(net1) if recipe.fuse.fusion else None
         grown = p.fuse(net1, net2)
-        tuned = p.finetune(grown)
-        final = p.export(tuned)
     else:
         grown = p.grow_baseline(net1)
-        tuned = final = p.finetune(grown)
+    recalibrated = p.recalibrate(grown)
+    tuned = p.finetune(recalibrated or grown)
+    final = p.export(tuned) if recipe.method == "mixturegrowth" else tuned
     charged = p.charged(final, "final")
     match = p.match(charged, tuned) if recipe.reference.train_match else None
     checkpoints = {"net1": net1}
     if net2 is not None:
         checkpoints["net2"] = net2
-    checkpoints.update({"grown": grown, "final": final})
+    checkpoints["grown"] = grown
+    if recalibrated is not None:
+        checkpoints["grown_bn"] = recalibrated
+    checkpoints["final"] = final
     if match is not None:
         checkpoints["match"] = match
     return checkpoints

@@ -55,6 +55,21 @@ def check_train(key: str, t: Any, preset: str = "standard") -> None:
         raise e.renamed(f"{key}.{e.field}") from None
 
 
+FUSE_FIELDS = ("init_scale", "init_norm", "noise")
+
+
+def check_fuse_init(f: Any) -> None:
+    """The ``fuse:`` initialiser settings, through the check ``fuse`` itself makes (one validator):
+    ``fuse.init_scale``, ``fuse.init_norm``, ``fuse.noise``, ``fuse.init_options.NAME``."""
+    from mgtool.fuse import resolve_init
+
+    try:
+        resolve_init(f.init, scale=f.init_scale, noise=f.noise, init_norm=f.init_norm, options=f.init_options)
+    except SettingError as e:
+        where = "fuse" if e.field in FUSE_FIELDS else "fuse.init_options"
+        raise e.renamed(f"{where}.{e.field}") from None
+
+
 def validate_recipe(r: Any) -> None:
     """Check every value of the recipe ``r`` (a ``mgtool.recipe.Recipe``)."""
     from mgtool.archs import family_names
@@ -102,6 +117,7 @@ def validate_recipe(r: Any) -> None:
 
     _at("fuse.init", check_choice, r.fuse.init, init_names())
     _at("fuse.noise", check_range, r.fuse.noise, low=0.0)
+    check_fuse_init(r.fuse)
     _positive_int("fuse.factor", r.fuse.factor, low=2)
     if r.method == "mixturegrowth" and r.fuse.fusion and r.fuse.factor != 2:
         raise SettingError("factor", "must be 2 when fusing net 1 and net 2 (set fuse.fusion: false to grow "
@@ -117,6 +133,9 @@ def validate_recipe(r: Any) -> None:
         _at("scratch.kind", check_choice, r.scratch.kind, SCRATCH_KINDS)
         if r.scratch.flops_norm is not None:
             _at("scratch.flops_norm", check_range, r.scratch.flops_norm, low=0.0, low_open=True)
+
+    _positive_int("recalibrate.samples", r.recalibrate.samples, low=0)
+    _positive_int("recalibrate.batch_size", r.recalibrate.batch_size)
 
     _positive_int("reference.epochs", r.reference.epochs)
     _positive_int("reference.batch_size", r.reference.batch_size)

@@ -1,8 +1,9 @@
-"""What ``mgtool run`` reports: one row per stage (accuracy, FLOPs spent, charged, FLOPs Norm)
-and the content of summary.json."""
+"""What ``mgtool run`` reports: one row per stage (accuracy, FLOPs spent, charged, FLOPs Norm),
+accuracy at growth and per epoch after it, and the content of summary.json."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +53,14 @@ def stage_rows(recipe: Recipe, checkpoints: dict[str, Path], results: dict[str, 
         "net2": "net 2 (given, charged)" if recipe.net2.checkpoint else
                 f"net 2 (growth point {recipe.net2.growth_point:g})",
         "grown": grown if recipe.method == "mixturegrowth" else f"grown ({recipe.method}), at growth",
+        "grown_bn": "grown, BatchNorm recalibrated",
         "final": "grown + fine-tuned",
         "match": "large, same FLOPs",
         "scratch": s and (f"{s.size}, from scratch" + ("" if s.kind == "plain" else " (template mixing)")
                           + (f", {s.flops_norm:g}X FLOPs" if s.flops_norm is not None else "")),
     }
-    parent = {"grown": "net2" if "net2" in checkpoints else None, "final": "grown"}
+    parent = {"grown": "net2" if "net2" in checkpoints else None, "grown_bn": "grown",
+              "final": "grown_bn" if "grown_bn" in checkpoints else "grown"}
     rows, charged_of = [], {}
     for role, path in checkpoints.items():
         meta = read_meta(path)
@@ -72,3 +75,67 @@ def stage_rows(recipe: Recipe, checkpoints: dict[str, Path], results: dict[str, 
                      "top1": r.get("top1"), "top5": r.get("top5"), "flops_spent": spent,
                      "flops_charged": charged, "flops_norm": flops_norm(charged, reference)})
     return rows
+
+
+PLOT_FILE = "after-growth.png"
+
+
+def at_growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Top-1 of the grown net as fused and with BatchNorm recalibrated (None: not recalibrated),
+    and the training images the recalibration saw."""
+    by = {r["stage"]: r for r in rows}
+    recal = by.get("grown_bn")
+    seen = read_meta(Path(recal["checkpoint"])).training["recalibrated_bn"]["samples"] if recal else 0
+    return {"fused_top1": by["grown"]["top1"], "recalibrated_top1": recal["top1"] if recal else None,
+            "recalibration_samples": seen}
+
+
+def after_growth(metrics: Path, reference: float, final_charged: float, *,
+                 start: tuple[float, float] | None) -> list[dict[str, Any]]:
+    """Test top-1 and lr after each fine-tune epoch (its metrics file), with the FLOPs Norm
+    charged by then. ``start``: ``(top1, flops_norm)`` of the net the fine-tune started from,
+    on the same test images, recorded as epoch 0 (its lr is null)."""
+    if not metrics.is_file():
+        return []
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    if not lines:
+        return []
+    end = lines[-1]["training_flops"]
+    out = []
+    if start is not None:
+        out.append({"epoch": 0, "test_top1": start[0], "lr": None, "flops_norm": start[1]})
+    for x in lines:  # FLOPs Norm after each epoch: the final charge less what was still to come
+        out.append({"epoch": x["epoch"], "test_top1": x["test_top1"], "lr": x.get("lr"),
+                    "flops_norm": flops_norm(final_charged - (end - x["training_flops"]), reference)})
+    return out
+
+
+def init_label(recipe: Recipe) -> str:
+    """The growth's coefficient init in words, for a plot legend."""
+    f = recipe.fuse
+    if recipe.method != "mixturegrowth":
+        return recipe.method
+    label = f.init + ("" if f.init_scale is None else f" s={f.init_scale:g}")
+    label += "" if f.init_norm is None else f" ({f.init_norm} norm)"
+    label += "".join(f" {k}={v}" for k, v in sorted(f.init_options.items()))
+    return label + ("" if f.fusion else ", w/o fusion")
+
+
+def plot_after_growth(epochs: list[dict[str, Any]], recipe: Recipe, out: Path,
+                      log: Callable[[str], None]) -> bool:
+    """Draw top-1 per epoch after growth (the paper's Fig. 3b analogue; one line: this run).
+    False when matplotlib is missing (an optional extra)."""
+    from mgtool.analysis.plot import PLOTS_HINT, matplotlib_available, plot_series
+
+    if not matplotlib_available():
+        log(f"after-growth plot not drawn: matplotlib is not installed ({PLOTS_HINT})")
+        return False
+    xs = [e["epoch"] for e in epochs]
+    ys = [100 * e["test_top1"] for e in epochs]
+    proto = recipe.finetune.train.protocol if recipe.finetune else None
+    label = init_label(recipe) + (f", {proto} protocol" if proto else "") + (
+        ", BatchNorm recalibrated" if recipe.recalibrate.samples else "")
+    plot_series([(label, xs, ys, [0.0] * len(xs))], title=f"{recipe.name}: top-1 per epoch after growth "
+                "(paper Fig. 3b analogue)", xlabel="fine-tune epochs after growth",
+                ylabel="top-1 on the per-epoch test images (%)", out=out)
+    return True

@@ -211,7 +211,7 @@ class Ledger:
         entry = self.entry(stage.name)
         if (entry and entry.get("status") == "done" and entry.get("fingerprint") == fp and output.exists()
                 and sha256_file(output) == entry.get("sha256")):
-            self.log(f"[dim]{stage.name}: up to date, skipped ({output.name})[/]")
+            self.log(f"{stage.name}: up to date, skipped ({output.name})")
             return StageOutcome(stage.name, output, "skipped")
         resume = bool(stage.resume_state is not None and entry and entry.get("status") == "running"
                       and entry.get("fingerprint") == fp and stage.resume_state.exists())
@@ -220,7 +220,7 @@ class Ledger:
         rel = self._rel(output)
         self.data["stages"][stage.name] = {"fingerprint": fp, "output": rel, "status": "running"}
         self._save()
-        self.log(f"[bold]{stage.name}[/]: {'resuming' if resume else 'running'} -> {output.name}")
+        self.log(f"{stage.name}: {'resuming' if resume else 'running'} -> {output.name}")
         t0 = time.perf_counter()
         work(output, resume)
         wall = time.perf_counter() - t0

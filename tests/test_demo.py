@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from mgtool import demo
+from mgtool.checkpoint import read_meta
 from mgtool.cli import app
 from mgtool.demo import demo_recipe, find_fashion_mnist
 from mgtool.errors import MgtoolError
 
 runner = CliRunner()
-ROWS = ["net1", "net2", "grown", "final", "match"]
+ROWS = ["net1", "net2", "grown", "grown_bn", "final", "match"]
 
 
 def _real_data() -> Path | None:
@@ -30,6 +32,19 @@ def check_summary(summary: dict) -> None:
     assert rows["grown"]["arch"] == "wrn x0.5" and rows["net1"]["arch"] == "wrn x0.25"
     # The large net from scratch gets the FLOPs the growth was charged (to within a few training steps).
     assert rows["match"]["flops_norm"] == pytest.approx(rows["final"]["flops_norm"], rel=0.15)
+    # Accuracy at growth, as fused and with BatchNorm recalibrated, and per epoch after it.
+    assert summary["at_growth"]["fused_top1"] == rows["grown"]["top1"]
+    assert summary["at_growth"]["recalibrated_top1"] == rows["grown_bn"]["top1"]
+    assert summary["at_growth"]["recalibration_samples"] == 384  # the quick demo's whole training subset
+    epochs = summary["after_growth"]
+    assert epochs and [e["epoch"] for e in epochs][-1] == 1 and all(0.0 <= e["test_top1"] <= 1.0 for e in epochs)
+    assert all(set(e) == {"epoch", "test_top1", "lr", "flops_norm"} for e in epochs)
+    # The large baseline is a complete schedule: its last epoch ends at lr_min (0), not mid-cosine.
+    out = Path(summary["out_dir"])
+    match = read_meta(out / "large-match.safetensors").training
+    assert match["complete"] and match["recipe"]["stop_at"] == 1 and match["recipe"]["lr_min"] == 0.0
+    last = json.loads((out / "large-match.metrics.jsonl").read_text().splitlines()[-1])
+    assert last["lr"] == 0.0
 
 
 def test_demo_quick_on_synthetic_stand_in(tmp_path: Path) -> None:
@@ -90,3 +105,14 @@ def test_demo_help_and_bad_choice() -> None:
     assert result.exit_code == 1 and "--data must be one of" in result.stderr
     with pytest.raises(MgtoolError):
         demo_recipe(quick=True, data="mnist", folder=None)
+
+
+def test_the_demo_growth_settings_are_one_constant_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = demo_recipe(quick=True, data="synthetic", folder=None)
+    assert (r.fuse.init, r.fuse.init_scale, r.finetune.train.protocol, r.recalibrate.samples) == (
+        demo.INIT, demo.INIT_SCALE, demo.PROTOCOL, demo.RECALIBRATION_SAMPLES)
+    monkeypatch.setattr(demo, "INIT_SCALE", 0.25)
+    monkeypatch.setattr(demo, "PROTOCOL", "authors")
+    monkeypatch.setattr(demo, "RECALIBRATION_SAMPLES", 0)
+    r = demo_recipe(quick=False, data="synthetic", folder=None)
+    assert (r.fuse.init_scale, r.finetune.train.protocol, r.recalibrate.samples) == (0.25, "authors", 0)

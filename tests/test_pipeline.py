@@ -24,14 +24,18 @@ from mgtool.provenance import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "synthetic-smoke.yaml"
-STAGE_FILES = ("net1.safetensors", "net2.safetensors", "grown.safetensors", "finetuned.safetensors",
-               "final.safetensors", "large-match.safetensors", "eval.json", "summary.json", "pipeline.json",
-               "recipe.resolved.yaml")
+STAGE_FILES = ("net1.safetensors", "net2.safetensors", "grown.safetensors", "grown.bn.safetensors",
+               "finetuned.safetensors", "final.safetensors", "large-match.safetensors", "eval.json", "summary.json",
+               "pipeline.json", "recipe.resolved.yaml")
 runner = CliRunner()
 
 
+RECALIBRATE = ["--set", "recalibrate.samples=2048"]  # off by default; the smoke runs here recalibrate
+
+
 def run(args: list[str]) -> dict:
-    result = runner.invoke(app, ["run", *args, "--json", "-q"])
+    """``mgtool run RECIPE ...`` with BatchNorm recalibration on (a later --set may turn it off)."""
+    result = runner.invoke(app, ["run", args[0], *RECALIBRATE, *args[1:], "--json", "-q"])
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -50,13 +54,14 @@ def test_every_stage_writes_its_file_and_the_summary(smoke: tuple[Path, dict]) -
     out, summary = smoke
     for name in STAGE_FILES:
         assert (out / name).exists(), name
-    assert statuses(summary) == {s: "ran" for s in ("net1", "net2", "fuse", "finetune", "export", "match", "eval")}
+    assert statuses(summary) == {s: "ran" for s in ("net1", "net2", "fuse", "recalibrate", "finetune", "export",
+                                                   "match", "eval")}
     assert json.loads((out / "summary.json").read_text()) == summary
     resolved = (out / "recipe.resolved.yaml").read_text()
     assert resolved.startswith("# mgtool run ")
     assert yaml.safe_load(resolved)["name"] == "synthetic-smoke"
     assert read_meta(out / "final.safetensors").kind == "plain"
-    assert [r["stage"] for r in summary["rows"]] == ["net1", "net2", "grown", "final", "match"]
+    assert [r["stage"] for r in summary["rows"]] == ["net1", "net2", "grown", "grown_bn", "final", "match"]
     assert all(0.0 <= r["top1"] <= 1.0 for r in summary["rows"])
 
 
@@ -70,7 +75,12 @@ def test_flops_norm_charges_net2_and_finetune_but_not_net1(smoke: tuple[Path, di
     assert rows["grown"]["flops_spent"] == 0.0
     assert grown.flops.given == net1.flops.training
     ft_spent = tuned.training["flops_spent"]
-    torch.testing.assert_close(rows["final"]["flops_charged"], net2.flops.training + ft_spent, rtol=1e-12, atol=0)
+    recal = read_meta(out / "grown.bn.safetensors")
+    recal_spent = recal.flops.training - grown.flops.training
+    assert recal_spent > 0 and recal.flops.given == grown.flops.given
+    torch.testing.assert_close(rows["grown_bn"]["flops_spent"], recal_spent, rtol=1e-12, atol=0)
+    torch.testing.assert_close(rows["final"]["flops_charged"], net2.flops.training + recal_spent + ft_spent,
+                               rtol=1e-12, atol=0)
     # The reference is the large plain net for the recipe's full schedule, counted independently here.
     recipe = yaml.safe_load(SMOKE.read_text())
     small = resolve_spec(ArchSpec("tiny-cnn", 0.5, 4, 1, {}))
@@ -89,10 +99,10 @@ def test_flops_norm_charges_net2_and_finetune_but_not_net1(smoke: tuple[Path, di
 
 def test_rerun_skips_every_stage_and_changes_nothing(smoke: tuple[Path, dict]) -> None:
     out, _ = smoke
-    before = {n: sha256_file(out / n) for n in STAGE_FILES[:7]}
+    before = {n: sha256_file(out / n) for n in STAGE_FILES[:8]}
     summary = run([str(SMOKE), "-o", str(out)])
     assert set(statuses(summary).values()) == {"skipped"}
-    assert {n: sha256_file(out / n) for n in STAGE_FILES[:7]} == before
+    assert {n: sha256_file(out / n) for n in STAGE_FILES[:8]} == before
 
 
 def test_changed_setting_reruns_only_what_depends_on_it(tmp_path: Path, smoke: tuple[Path, dict]) -> None:
@@ -105,11 +115,12 @@ def test_changed_setting_reruns_only_what_depends_on_it(tmp_path: Path, smoke: t
         (out / p.name).write_bytes(p.read_bytes())
     summary = run([str(SMOKE), "-o", str(out), "--set", "finetune.train.lr=0.05"])
     # Large Match trains from scratch on net 1's recipe: the fine-tune's lr does not touch it.
-    assert statuses(summary) == {"net1": "skipped", "net2": "skipped", "fuse": "skipped", "finetune": "ran",
-                                 "export": "ran", "match": "skipped", "eval": "ran"}
+    assert statuses(summary) == {"net1": "skipped", "net2": "skipped", "fuse": "skipped", "recalibrate": "skipped",
+                                 "finetune": "ran", "export": "ran", "match": "skipped", "eval": "ran"}
     (out / "grown.safetensors").unlink()  # a missing output is made again, and what follows from it
     summary = run([str(SMOKE), "-o", str(out), "--set", "finetune.train.lr=0.05"])
     assert statuses(summary)["fuse"] == "ran" and statuses(summary)["net2"] == "skipped"
+    assert statuses(summary)["recalibrate"] == "ran"
 
 
 def test_foreign_file_is_not_overwritten_without_force(tmp_path: Path) -> None:
@@ -132,7 +143,7 @@ def test_given_plain_net1_is_converted(tmp_path: Path, smoke: tuple[Path, dict])
                    "--set", f"net1.checkpoint={plain}", "--set", "net2.train={epochs: 1, batch_size: 32}",
                    "--set", "reference.train_match=false"])
     assert statuses(summary)["convert"] == "ran" and "net1" not in statuses(summary)
-    assert [r["stage"] for r in summary["rows"]] == ["net1", "net2", "grown", "final"]
+    assert [r["stage"] for r in summary["rows"]] == ["net1", "net2", "grown", "grown_bn", "final"]
 
 
 def test_killed_training_stage_resumes(tmp_path: Path) -> None:
@@ -233,3 +244,145 @@ def test_a_missing_given_checkpoint_fails_before_the_first_stage(tmp_path: Path)
                                  f"net2.checkpoint={tmp_path / 'absent.safetensors'}"])
     assert result.exit_code == 1 and "recipe net2.checkpoint" in result.stderr and "does not exist" in result.stderr
     assert not (out / "pipeline.json").exists()
+
+
+# ---------------------------------------------------------------------- growth: recalibration, curves, options
+
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _is_bn_buffer(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in BN_BUFFERS
+
+
+def test_recalibration_changes_only_batchnorm_buffers_and_the_finetune_starts_from_it(
+        smoke: tuple[Path, dict]) -> None:
+    from mgtool.checkpoint import read_tensors
+
+    out, summary = smoke
+    grown, bn = read_tensors(out / "grown.safetensors"), read_tensors(out / "grown.bn.safetensors")
+    assert grown.keys() == bn.keys()
+    for key in grown:
+        if not _is_bn_buffer(key):
+            assert torch.equal(grown[key], bn[key]), key
+    assert any(not torch.equal(grown[k], bn[k]) for k in grown if k.endswith("running_mean"))
+    parents = read_meta(out / "finetuned.safetensors").provenance.parents
+    assert [Path(p.path).name for p in parents] == ["grown.bn.safetensors"]
+    rows = {r["stage"]: r for r in summary["rows"]}
+    assert rows["grown_bn"]["label"] == "grown, BatchNorm recalibrated"
+    assert summary["at_growth"] == {"fused_top1": rows["grown"]["top1"], "recalibrated_top1": rows["grown_bn"]["top1"],
+                                    "recalibration_samples": 128}  # the whole 128-image training split
+
+
+def test_accuracy_per_epoch_after_growth_is_recorded_and_drawn(smoke: tuple[Path, dict]) -> None:
+    out, summary = smoke
+    lines = [json.loads(x) for x in (out / "finetuned.metrics.jsonl").read_text().splitlines()]
+    rows = {r["stage"]: r for r in summary["rows"]}
+    epochs = summary["after_growth"]
+    # Epoch 0 is the net the fine-tune started from, on the same test images (eval.test_set: subset).
+    assert epochs[0] == {"epoch": 0, "test_top1": rows["grown_bn"]["top1"], "lr": None,
+                         "flops_norm": rows["grown_bn"]["flops_norm"]}
+    assert [(e["epoch"], e["test_top1"], e["lr"]) for e in epochs[1:]] == [
+        (x["epoch"], x["test_top1"], x["lr"]) for x in lines]
+    torch.testing.assert_close(epochs[-1]["flops_norm"], rows["final"]["flops_norm"], rtol=1e-12, atol=0)
+    assert "growth_start" not in json.loads((out / "eval.json").read_text())  # epoch 0 is the row above
+    from mgtool.analysis.plot import matplotlib_available
+
+    if matplotlib_available():
+        assert summary["after_growth_plot"] == str(out / "after-growth.png")
+        assert (out / "after-growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recalibration_off(tmp_path: Path, smoke: tuple[Path, dict]) -> None:
+    """samples 0: no stage; the fine-tune starts from the fused net and, as BatchNorm trains on batch
+    statistics, learns exactly the same weights (only the running statistics differ)."""
+    from mgtool.checkpoint import read_tensors
+
+    src, _ = smoke
+    out = tmp_path / "run"
+    summary = run([str(SMOKE), "-o", str(out), "--set", "recalibrate.samples=0",
+                   "--set", "reference.train_match=false"])
+    assert "recalibrate" not in statuses(summary) and not (out / "grown.bn.safetensors").exists()
+    assert [r["stage"] for r in summary["rows"]] == ["net1", "net2", "grown", "final"]
+    assert summary["at_growth"]["recalibrated_top1"] is None and summary["at_growth"]["recalibration_samples"] == 0
+    assert [Path(p.path).name for p in read_meta(out / "finetuned.safetensors").provenance.parents] == [
+        "grown.safetensors"]
+    off, on = read_tensors(out / "finetuned.safetensors"), read_tensors(src / "finetuned.safetensors")
+    for key in off:
+        if not _is_bn_buffer(key):
+            assert torch.equal(off[key], on[key]), key
+
+
+def test_fuse_options_the_authors_protocol_and_a_complete_match_schedule(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = run([str(SMOKE), "-o", str(out), "--set", "fuse.init_scale=0.25",
+                   "--set", "finetune.train={epochs: 1, batch_size: 32, protocol: authors, coef_weight_decay: 0.01}",
+                   "--set", "net1.train.lr_min=0.001"])
+    info = runner.invoke(app, ["info", str(out / "grown.safetensors"), "--json", "--no-flops"])
+    assert info.exit_code == 0, info.stderr
+    ratio = json.loads(info.stdout)["tile_ratio"]
+    torch.testing.assert_close(ratio["median"], 0.25, rtol=0.01, atol=0)
+    recipe = read_meta(out / "finetuned.safetensors").training["recipe"]
+    assert (recipe["protocol"], recipe["schedule"], recipe["lr"], recipe["coef_weight_decay"]) == (
+        "authors", "cosine-restarts", 1e-4, 0.01)
+    # The large net from scratch with the growth's FLOPs: a complete schedule, annealed to lr_min at its end.
+    match = read_meta(out / "large-match.safetensors").training
+    assert match["recipe"]["budget"] < 1 and match["recipe"]["stop_at"] == 1 and match["complete"]
+    last = json.loads((out / "large-match.metrics.jsonl").read_text().splitlines()[-1])
+    torch.testing.assert_close(last["lr"], 0.001, rtol=1e-9, atol=0)
+    assert summary["rows"][-1]["stage"] == "match"
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("fuse.init_scale=-1", "fuse.init_scale"), ("fuse.init_norm=huge", "fuse.init_norm"),
+    ("fuse.init_options={foo: 1}", "fuse.init_options.foo"), ("recalibrate.samples=-1", "recalibrate.samples")])
+def test_growth_options_are_checked_before_the_first_stage(tmp_path: Path, override: str, key: str) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(out), "-q", "--set", override])
+    assert result.exit_code == 1 and f"synthetic-smoke.yaml: {key} " in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_pipeline_lines_and_names_are_printed_literally(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(out), "--set", "name=exp[bold]x[red]",
+                                 "--set", "reference.train_match=false", "--set", "recalibrate.samples=0"])
+    assert result.exit_code == 0, result.stderr
+    assert "net1: running -> net1.safetensors" in result.stderr and "[dim]" not in result.stderr
+    assert "exp[bold]x[red]: accuracy and training FLOPs per stage" in result.stderr
+
+
+def test_training_notes_are_printed_literally(capsys: pytest.CaptureFixture[str]) -> None:
+    from mgtool.train.report import Reporter
+
+    reporter = Reporter(quiet=False, main=True)
+    reporter.note("wrote exp[bold]v2[/]/net.safetensors")
+    reporter.end_epoch("epoch 1/1 [red]x[/red]")
+    err = capsys.readouterr().err
+    assert "wrote exp[bold]v2[/]/net.safetensors" in err and "epoch 1/1 [red]x[/red]" in err
+
+
+def test_every_file_of_a_subset_is_an_input(tmp_path: Path) -> None:
+    """A CIFAR subset is pickled batches, not .gz files: every file of the folder is fingerprinted."""
+    from mgtool.pipeline import Pipeline
+    from mgtool.recipe import recipe_from_dict
+
+    data = yaml.safe_load(SMOKE.read_text())
+    data["data"] = {"name": "cifar10", "dir": str(tmp_path / "cifar"), "subset": {"train": 100, "test": 50}}
+    folder = tmp_path / "run" / "data"
+    folder.mkdir(parents=True)
+    for name in ("data_batch_1", "test_batch", "batches.meta", "subset.json", ".data_batch_1.x1.tmp"):
+        (folder / name).write_bytes(b"x")
+    p = Pipeline(recipe_from_dict(data), tmp_path / "run", ledger=None)  # type: ignore[arg-type]
+    assert sorted(p._data_inputs()) == ["data/batches.meta", "data/data_batch_1", "data/subset.json",
+                                       "data/test_batch"]
+
+
+def test_the_growth_point_is_evaluated_on_the_epochs_test_images_when_eval_uses_others(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = run([str(SMOKE), "-o", str(out), "--set", "eval.limit=32", "--set", "reference.train_match=false"])
+    results = json.loads((out / "eval.json").read_text())
+    assert results["grown_bn"]["samples"] == 32 and results["growth_start"]["samples"] == 64
+    assert results["growth_start"]["checkpoint"] == str(out / "grown.bn.safetensors")
+    start = summary["after_growth"][0]
+    assert (start["epoch"], start["test_top1"], start["lr"]) == (0, results["growth_start"]["top1"], None)

@@ -134,6 +134,8 @@ def test_run_cli_help_and_bad_recipes(tmp_path: Path) -> None:
     ("runtime.device=gpu", "runtime.device"), ("runtime.precision=fp16", "runtime.precision"),
     ("runtime.loader=fast", "runtime.loader"), ("runtime.threads=0", "runtime.threads"),
     ("reference.epochs=0", "reference.epochs"), ("method=grow", "method"), ("fuse.factor=3", "fuse.factor"),
+    ("fuse.init_scale=-0.5", "fuse.init_scale"), ("fuse.init_norm=huge", "fuse.init_norm"),
+    ("recalibrate.samples=-1", "recalibrate.samples"), ("recalibrate.batch_size=0", "recalibrate.batch_size"),
 ])
 def test_every_value_is_checked_and_named_by_its_key(override: str, key: str) -> None:
     with pytest.raises(SettingError) as e:
@@ -176,3 +178,26 @@ def test_a_given_net2_takes_no_training_settings() -> None:
     assert r.net2.checkpoint == "n2.safetensors"
     with pytest.raises(MgtoolError, match="net2: a given checkpoint is fused as is"):
         recipe_from_dict(smoke_dict(), ["net2.checkpoint=n2.safetensors", "net2.growth_point=0.5"])
+
+
+@pytest.mark.parametrize(("overrides", "key", "problem"), [
+    (["fuse.init_options={foo: 1}"], "fuse.init_options.foo", "is not a setting of --init orthogonal"),
+    (["fuse.init=zero", "fuse.init_scale=0.25"], "fuse.init_scale", "does not apply to --init zero"),
+    (["fuse.init_norm=unit", "fuse.init_scale=0.25"], "fuse.init_scale", "--init-norm unit"),
+    (["fuse.noise=0.1"], "fuse.noise", "is not a setting of --init orthogonal"),
+])
+def test_fuse_init_settings_are_checked_as_fuse_checks_them(overrides: list[str], key: str, problem: str) -> None:
+    with pytest.raises(SettingError) as e:
+        recipe_from_dict(smoke_dict(), overrides)
+    assert e.value.label == key and problem in str(e.value)
+
+
+def test_growth_settings_reach_the_recipe() -> None:
+    r = recipe_from_dict(smoke_dict(), ["fuse.init_scale=0.25", "fuse.init_norm=learned", "recalibrate.samples=0",
+                                        "finetune.train.protocol=authors", "finetune.train.coef_weight_decay=0.01"])
+    assert (r.fuse.init_scale, r.fuse.init_norm, r.recalibrate.samples) == (0.25, "learned", 0)
+    assert (r.finetune.train.protocol, r.finetune.train.coef_weight_decay) == ("authors", 0.01)
+    assert recipe_from_dict(smoke_dict()).recalibrate.samples == 0  # off unless asked (see RecalibrateSection)
+    with pytest.raises(SettingError) as e:
+        recipe_from_dict(smoke_dict(), ["finetune.train.protocol=theirs"])
+    assert e.value.label == "finetune.train.protocol"

@@ -156,3 +156,13 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> 
     umask = os.umask(0)
     os.umask(umask)
     assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_log_lines_are_plain_text(tmp_path: Path) -> None:
+    """The runner sends no Rich markup: the CLI prints its lines literally (names may hold [...])."""
+    lines: list[str] = []
+    stage = Stage("s[v2]", tmp_path / "run" / "s.txt", {}, {})
+    with Ledger(tmp_path / "run", log=lines.append) as ledger:
+        ledger.run(stage, writer([]))
+        ledger.run(stage, writer([]))
+    assert lines == ["s[v2]: running -> s.txt", "s[v2]: up to date, skipped (s.txt)"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -21,18 +20,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print summary.json's content on stdout instead of its path.")]
 
 
-_STYLED = re.compile(r"\[(dim|bold)\](.*?)\[/\]")
-
-
 def _log(message: str) -> None:
-    """A pipeline line, printed literally except the runner's own [dim]/[bold] spans."""
-    text, end = Text(), 0
-    for m in _STYLED.finditer(message):
-        text.append(message[end:m.start()])
-        text.append(m.group(2), style=m.group(1))
-        end = m.end()
-    text.append(message[end:])
-    console.print(text, soft_wrap=True)
+    """A pipeline line, printed literally (paths and names may hold ``[...]``)."""
+    console.print(Text(message), soft_wrap=True)
 
 
 def _pct(x: float | None) -> str:
@@ -44,20 +34,26 @@ def _test_set(which: str) -> str:
 
 
 def summary_table(summary) -> Table:
-    table = Table(title=f"{summary.recipe}: accuracy and training FLOPs per stage", title_justify="left",
+    table = Table(title=Text(f"{summary.recipe}: accuracy and training FLOPs per stage"), title_justify="left",
                   box=box.SIMPLE_HEAD)
     for column, justify in (("stage", "left"), ("net", "left"), ("top-1", "right"), ("FLOPs spent", "right"),
                             ("FLOPs Norm", "right")):
         table.add_column(column, justify=justify, no_wrap=True)
     for row in summary.rows:
         norm = "given" if row["stage"] == "net1" else f"{row['flops_norm']:.2f}X"
-        table.add_row(row["label"], row["arch"], _pct(row["top1"]), f"{row['flops_spent']:.3g}", norm)
-    table.caption = (f"FLOPs Norm = training FLOPs charged so far (net 1 given, not charged, as in the paper) / "
-                     f"{summary.reference_flops:.3g}, the large net trained from scratch for the full "
-                     f"{summary.extra['reference_epochs']}-epoch schedule (1.00X). fvcore multiply-adds, training = "
-                     "3x forward. "
-                     f"Accuracy on the {_test_set(summary.extra['eval_test_set'])}.")
+        table.add_row(Text(row["label"]), Text(row["arch"]), _pct(row["top1"]), f"{row['flops_spent']:.3g}", norm)
+    table.caption = Text(
+        "FLOPs Norm = training FLOPs charged so far (net 1 given, not charged, as in the paper) / "
+        f"{summary.reference_flops:.3g}, the large net trained from scratch for the full "
+        f"{summary.extra['reference_epochs']}-epoch schedule (1.00X). fvcore multiply-adds, training = 3x forward. "
+        f"Accuracy on the {_test_set(summary.extra['eval_test_set'])}." + _growth_note(summary))
     return table
+
+
+def _growth_note(summary) -> str:
+    """Where the per-epoch accuracy after growth is drawn, if it was."""
+    plot = summary.extra.get("after_growth_plot")
+    return f" Top-1 per epoch after growth: {plot}." if plot else ""
 
 
 def _finish(summary, json_: bool) -> None:
@@ -81,13 +77,14 @@ def run_cmd(
     quiet: QuietOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a recipe: net 1 (train or convert), net 2, fuse, finetune, export, eval.
+    """Run a recipe: net 1 (train or convert), net 2, fuse, recalibrate BatchNorm, finetune, export, eval.
 
     The whole recipe is checked first. Each stage writes its own file in DIR; a rerun
     skips stages whose inputs and settings are unchanged and resumes an interrupted
     training stage; one process at a time per DIR. Ends with a table of every
     stage's accuracy and training FLOPs (FLOPs Norm against the large net from scratch)
-    and writes DIR/summary.json (its path on stdout).
+    and writes DIR/summary.json (its path on stdout), with accuracy at growth (as fused
+    and recalibrated) and per epoch after it, drawn to DIR/after-growth.png.
 
     Example: mgtool run recipes/fashion-mnist-cpu.yaml -o runs/fmnist --set finetune.train.epochs=3
     """
@@ -126,8 +123,9 @@ def demo_cmd(
 ) -> None:
     """Grow two small WRNs into a wide one on real Fashion-MNIST, in minutes on a CPU.
 
-    Trains net 1 and net 2 (WRN-10 at widen 0.5), fuses them into a WRN-10-1, fine-tunes
-    it, and trains a WRN-10-1 from scratch with the same FLOPs; ends with a table. The
+    Trains net 1 and net 2 (WRN-10 at widen 0.5), fuses them into a WRN-10-1, re-estimates
+    its BatchNorm statistics, fine-tunes it, and trains a WRN-10-1 from scratch with the
+    same FLOPs on a complete schedule; ends with a table. The
     data is found automatically (Debian's dataset-fashion-mnist, ./data, or a download).
 
     Example: mgtool demo -o runs/demo

@@ -1,4 +1,6 @@
-"""What a training run tells people on stderr: a live bar (TTY only) and one line per epoch."""
+"""What a training run tells people on stderr: a live bar (TTY only) and one line per epoch.
+
+Lines are printed literally (no Rich markup): a note may hold a path such as ``exp[v2]/``."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ class Reporter:
     """``quiet`` silences everything; the bar shows only when stderr is a terminal."""
 
     def __init__(self, *, quiet: bool, main: bool, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, markup=False, highlight=False)
         self.lines = main and not quiet
         self.bar = self.lines and self.console.is_terminal
         self._progress: Progress | None = None
@@ -22,8 +24,8 @@ class Reporter:
         if not self.bar:
             return
         self._progress = Progress(
-            TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+            TextColumn(f"epoch {epoch}/{epochs}", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}", markup=False), TimeRemainingColumn(),
             console=self.console, transient=True,
         )
         self._progress.start()
@@ -42,11 +44,11 @@ class Reporter:
             self._progress.stop()
             self._progress = None
         if self.lines:
-            self.console.print(line, highlight=False, soft_wrap=True)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
         if self.lines:
-            self.console.print(text, highlight=False, soft_wrap=True)
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._progress is not None:
