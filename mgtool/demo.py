@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mgtool.data import data_config
 from mgtool.data.sources.idx import has_idx_files
-from mgtool.errors import MgtoolError, first_line
+from mgtool.errors import MgtoolError, check_choice, first_line
 from mgtool.pipeline import Summary, run_pipeline
 from mgtool.recipe import Recipe, recipe_from_dict
 
@@ -83,8 +83,7 @@ def find_fashion_mnist(data_dir: Path | str | None, *, system_dirs: tuple[Path, 
 def demo_recipe(*, quick: bool, data: str, folder: Path | None, device: str = "auto",
                 threads: int | None = None) -> Recipe:
     """The demo's recipe (see the module docstring for the sizes and why)."""
-    if data not in DATA_CHOICES:
-        raise MgtoolError(f"--data must be one of {DATA_CHOICES}, got {data!r}")
+    check_choice("data", data, DATA_CHOICES)
     train, test, epochs, width = (384, 256, 1, 0.25) if quick else (10000, 1000, 5, 0.5)
     if data == "synthetic":
         data_section = {"name": "synthetic", "options": {"shape": "1x28x28", "classes": 10,

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, check_choice
 
 SHARE_MODES = ("pairs", "none")
 
@@ -184,8 +184,7 @@ def make_plan(net: nn.Module, templates_per_layer: int = 2, share: str = "pairs"
     """
     if templates_per_layer < 1:
         raise MgtoolError(f"--templates must be at least 1, got {templates_per_layer}")
-    if share not in SHARE_MODES:
-        raise MgtoolError(f"--share must be one of {SHARE_MODES}, got {share!r}")
+    check_choice("share", share, SHARE_MODES)
     groups: list[list[tuple[str, tuple[int, ...]]]] = []
     waiting: dict[tuple[int, ...], int] = {}
     found = mixable_layers(net)

@@ -102,7 +102,7 @@ def test_demo_help_and_bad_choice() -> None:
     result = runner.invoke(app, ["demo", "--help"])
     assert result.exit_code == 0 and "Example: mgtool demo" in result.output
     result = runner.invoke(app, ["demo", "--quick", "--data", "cifar10"])
-    assert result.exit_code == 1 and "--data must be one of" in result.stderr
+    assert result.exit_code == 2 and "--data must be one of" in result.stderr
     with pytest.raises(MgtoolError):
         demo_recipe(quick=True, data="mnist", folder=None)
 

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from mgtool.archs.spec import ArchSpec
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, SettingError, check_choice
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,14 @@ def grow_spec(spec: ArchSpec, factor: int) -> ArchSpec:
 def input_size(spec: ArchSpec) -> tuple[int, int]:
     spec = resolve_spec(spec)
     return get_family(spec.name).input_size(spec)
+
+
+def check_option(family: str, name: str, value: Any, choices: tuple) -> Any:
+    """A family option's value if it is one of ``choices``; the error names it as a family option."""
+    try:
+        return check_choice(name, value, choices)
+    except SettingError as e:
+        raise e.renamed(f"{family} option {name}") from None
 
 
 def scaled(base: int, width: float, what: str) -> int:

@@ -16,9 +16,8 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from mgtool.archs.registry import Family, register_family, scaled
+from mgtool.archs.registry import Family, check_option, register_family, scaled
 from mgtool.archs.spec import ArchSpec
-from mgtool.errors import MgtoolError
 
 _BASE_CHANNELS = (64, 128, 256, 512)
 
@@ -42,8 +41,7 @@ def _build(spec: ArchSpec) -> nn.Module:
     kwargs = timm_kwargs(spec)
     model = timm.create_model(spec.name, pretrained=False, **kwargs)
     stem = str(spec.options.get("stem", "scaled"))
-    if stem not in STEM_MODES:
-        raise MgtoolError(f"{spec.name}: option stem must be one of {STEM_MODES}, got {stem!r}")
+    check_option(spec.name, "stem", stem, STEM_MODES)
     if stem == "scaled" and kwargs["stem_width"] != model.conv1.out_channels:
         _rescale_stem(model, kwargs["stem_width"])
     return model

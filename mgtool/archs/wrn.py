@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mgtool.archs.registry import Family, register_family, scaled
+from mgtool.archs.registry import Family, check_option, register_family, scaled
 from mgtool.archs.spec import ArchSpec
 from mgtool.errors import MgtoolError
 
@@ -56,8 +56,7 @@ class WideResNet(nn.Module):
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise MgtoolError(f"wrn: depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {depth}")
-        if norm not in NORM_MODES:
-            raise MgtoolError(f"wrn: norm must be one of {NORM_MODES}, got {norm!r}")
+        check_option("wrn", "norm", norm, NORM_MODES)
         n = (depth - 4) // 6
         widths = [scaled(b, widen, f"wrn stage {i + 1}") for i, b in enumerate((16, 32, 64))]
         self.stem = nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False)

@@ -38,7 +38,7 @@ from mgtool.data.registry import (
     resolve_config,
     split_length,
 )
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, check_choice
 
 LOADERS = ("auto", "device", "dataloader")
 
@@ -172,8 +172,7 @@ def train_loader(cfg: DataConfig, *, batch_size: int, device: torch.device | str
     ``loader``: ``device`` keeps an in-memory set on the device, ``dataloader`` uses
     worker processes, ``auto`` picks ``device`` for in-memory sets (see bench/gpu_check.sh).
     """
-    if loader not in LOADERS:
-        raise MgtoolError(f"--loader must be one of {LOADERS}, got {loader!r}")
+    check_choice("loader", loader, LOADERS)
     cfg = resolve_config(cfg)
     device = torch.device(device)
     dataset = get_dataset(cfg.name)
