@@ -12,6 +12,8 @@ test subset; small nets 3 epochs, fine-tune 1 epoch (about 25 minutes on a loade
   fine-tuned; top-1 at growth is also measured for ``--init random``, ``copy`` and ``zero``, with
   each grown net's relative max logit difference to the sum of the two small nets (LayerNorm
   over the joined stream: not 0 for ViTs, see docs/FORMAT.md);
+* ensemble: the sum of the two small nets' logits (no training; what zero-init fusion of a
+  BatchNorm CNN computes exactly);
 * clone: net A exported, ``grow --method clone`` (function-preserving), fine-tuned to the same
   total training FLOPs as mixturegrowth;
 * scratch: a dim-128 template-mixing ViT trained from scratch with a complete schedule
@@ -92,6 +94,23 @@ def logit_gap(small: list[Path], grown: Path, data_dir: Path) -> float:
     return worst / scale
 
 
+def ensemble_top1(small: list[Path], data_dir: Path) -> float:
+    """Top-1 of the sum of the small nets' logits (what zero-init fusion computes for a BatchNorm CNN)."""
+    import torch
+
+    from mgtool.data import data_config, eval_batches
+    from mgtool.loading import load
+
+    torch.set_num_threads(1)
+    nets = [load(p).eval() for p in small]
+    right = total = 0
+    with torch.no_grad():
+        for x, y in eval_batches(data_config("fashion-mnist", data_dir), "test"):
+            right += int((sum(n(x) for n in nets).argmax(1) == y).sum())
+            total += len(y)
+    return right / total
+
+
 def run(work: Path) -> None:
     from mgtool.data import data_config
     from mgtool.subset import write_subset
@@ -113,6 +132,8 @@ def run(work: Path) -> None:
             return {"init": init, "top1_at_growth": top1, "training_flops": fused["flops"]["training"],
                     "relative_logit_gap_to_sum": logit_gap([a, b], grown, data)}
         stage(f"growth-{init}", growth)
+    stage("ensemble", lambda: {"test_top1": ensemble_top1([a, b], data), "training_flops": 2 * json.loads(
+        (RESULTS / "net-a.json").read_text())["training_flops"]})
     mg_out = work / "mg.safetensors"
     mg = stage("mixturegrowth", lambda: mgtool("finetune", str(work / "mg-orthogonal.safetensors"), "--epochs",
                                                 str(FINETUNE_EPOCHS), *TRAIN, *d, "--force", "-o", str(mg_out)))
@@ -154,7 +175,7 @@ def report() -> str:
     rows = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     lines = [f"| run | top-1 ({TEST_SIZE:,} test images) | training FLOPs | top-1 at growth | wall s |",
              "|---|---|---|---|---|"]
-    for name in ("net-a", "net-b", "mixturegrowth", "clone", "scratch"):
+    for name in ("net-a", "net-b", "ensemble", "mixturegrowth", "clone", "scratch"):
         r = rows.get(name)
         if r is None:
             continue
