@@ -6,7 +6,7 @@
 The small preset at dim 64 (depth 4, 2 heads, patch 4 on 28x28) grown to dim 128, every run
 with the same AdamW + cosine recipe (recipes/fashion-mnist-vit-cpu.yaml's settings: lr 1e-3, weight
 decay 0.05; batch 32 here) on a seeded 5,000-image training subset, evaluated on a seeded 1,000-image
-test subset; small nets 3 epochs, fine-tune 1 epoch (about 25 minutes on a loaded 2-core machine):
+test subset; small nets 3 epochs, fine-tune 1 epoch (about 20 minutes on a loaded 2-core machine):
 
 * mixturegrowth: two dim-64 template-mixing nets (seeds 0 and 1), ``fuse --init orthogonal``,
   fine-tuned; top-1 at growth is also measured for ``--init random``, ``copy`` and ``zero``, with
