@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
 
 TRAINING_MULTIPLIER = 3  # forward + backward ~= 3x forward
+
+
+def sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``aten::scaled_dot_product_attention`` (timm's fused attention), which
+    fvcore does not count: ``q @ k^T`` and ``attn @ v``, one FLOP per multiply-add (softmax,
+    scaling and masking are not counted, as fvcore counts no element-wise op)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1) -> float:
@@ -30,6 +42,7 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: in
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             analysis = FlopCountAnalysis(model, x)
+            analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flops)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             logging.getLogger("fvcore").setLevel(logging.ERROR)

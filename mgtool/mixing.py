@@ -40,8 +40,12 @@ def row_templates(bank: Tensor, row_sets: RowSets) -> Tensor:
     return bank.index_select(0, index).reshape(rows, per_row * k, *tile)
 
 
-def mix(bank: Tensor, coefficients: Tensor, row_sets: RowSets) -> Tensor:
+def mix(bank: Tensor, coefficients: Tensor, row_sets: RowSets, row_interleave: int = 1) -> Tensor:
     """Generate a layer weight ``(rows*o, cols*i, *rest)`` from its bank and coefficients.
+
+    ``row_interleave`` p > 1 splits each tile row's ``o`` output rows into p equal parts
+    and lists part 0 of every tile row, then part 1, ...: a fused qkv's tile rows
+    ``[q_0 k_0 v_0 | q_1 k_1 v_1]`` become timm's ``[q_0 q_1 | k_0 k_1 | v_0 v_1]`` (p = 3).
 
     ``coefficients`` may carry a leading layer dimension ``(L, rows, cols, K)`` for layers
     that share the bank and the grid: then one product makes all L weights, ``(L, *weight)``,
@@ -50,13 +54,16 @@ def mix(bank: Tensor, coefficients: Tensor, row_sets: RowSets) -> Tensor:
     templates = row_templates(bank, row_sets)
     batched = coefficients.dim() == 4
     coefs = coefficients if batched else coefficients.unsqueeze(0)
+    layers, rows, cols = coefs.shape[:3]
+    out_t, in_t, *rest = templates.shape[2:]
     if torch.jit.is_tracing():  # FLOP counters trace the model; they see an einsum, not a Python op
-        layers, rows, cols = coefs.shape[:3]
-        out_t, in_t, *rest = templates.shape[2:]
         weight = torch.einsum("lrck,rkoi...->lroci...", coefs, templates)
         weight = weight.reshape(layers, rows * out_t, cols * in_t, *rest)
     else:
         weight = _Mix.apply(templates, coefs)
+    if row_interleave > 1:
+        weight = weight.unflatten(1, (rows, row_interleave, out_t // row_interleave)).transpose(1, 2)
+        weight = weight.reshape(layers, rows * out_t, cols * in_t, *rest)
     return weight if batched else weight[0]
 
 

@@ -74,19 +74,20 @@ class TemplateMixingNet(nn.Module):
                 "coefficients", nn.Parameter(torch.zeros(plan.coefficient_shape(layer)))
             )
             self._mixed.append((module, layer.bank, layer.row_sets))
-            groups.setdefault((layer.bank, layer.rows, layer.cols, layer.row_sets), []).append(module)
-        self._groups = [(bank, row_sets, modules) for (bank, _, _, row_sets), modules in groups.items()]
+            key = (layer.bank, layer.rows, layer.cols, layer.row_sets, layer.row_interleave)
+            groups.setdefault(key, []).append(module)
+        self._groups = [(bank, row_sets, parts, modules) for (bank, _, _, row_sets, parts), modules in groups.items()]
         self._cache_key: tuple | None = None  # state of the parameters the current weights came from
 
     def generate_weights(self) -> None:
         """Set every mixed layer's ``weight`` (a plain tensor attribute) from its templates."""
         self._cache_key = None
-        for bank, row_sets, modules in self._groups:
+        for bank, row_sets, parts, modules in self._groups:
             if len(modules) == 1:
-                modules[0].weight = mix(self.banks[bank], modules[0].coefficients, row_sets)
+                modules[0].weight = mix(self.banks[bank], modules[0].coefficients, row_sets, parts)
                 continue
             coefficients = torch.stack([m.coefficients for m in modules])
-            for module, weight in zip(modules, mix(self.banks[bank], coefficients, row_sets)):
+            for module, weight in zip(modules, mix(self.banks[bank], coefficients, row_sets, parts)):
                 module.weight = weight
 
     def forward(self, x: Tensor) -> Tensor:

@@ -40,6 +40,9 @@ class LayerPlan:
     rows: int
     cols: int
     row_sets: tuple[tuple[int, ...], ...]
+    # p > 1: the weight lists part 0 of every tile row's output rows, then part 1, ...
+    # (``mgtool.mixing.mix``); set by fuse where the family declares it (timm's fused qkv: 3).
+    row_interleave: int = 1
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class TemplatePlan:
                     "rows": layer.rows,
                     "cols": layer.cols,
                     "row_sets": [list(r) for r in layer.row_sets],
+                    **({"row_interleave": layer.row_interleave} if layer.row_interleave != 1 else {}),
                 }
                 for layer in self.layers
             ],
@@ -108,7 +112,7 @@ class TemplatePlan:
                 )
             layers = []
             for la in data["layers"]:
-                _only_keys(la, {"name", "bank", "rows", "cols", "row_sets"}, "plan layer")
+                _only_keys(la, {"name", "bank", "rows", "cols", "row_sets", "row_interleave"}, "plan layer")
                 layers.append(
                     LayerPlan(
                         str(la["name"]),
@@ -116,6 +120,7 @@ class TemplatePlan:
                         int(la["rows"]),
                         int(la["cols"]),
                         tuple(tuple(int(s) for s in r) for r in la["row_sets"]),
+                        int(la.get("row_interleave", 1)),
                     )
                 )
             plan = cls(int(data["templates_per_layer"]), str(data["share"]), tuple(banks), tuple(layers))
@@ -142,6 +147,10 @@ class TemplatePlan:
             if len(layer.row_sets) != layer.rows or layer.rows < 1 or layer.cols < 1:
                 raise MgtoolError(f"template plan: layer {layer.name} has {layer.rows} rows "
                                   f"but {len(layer.row_sets)} row_sets")
+            out_rows = self.bank(layer.bank).tile_shape[0]
+            if layer.row_interleave < 1 or out_rows % layer.row_interleave:
+                raise MgtoolError(f"template plan: layer {layer.name} cannot interleave {out_rows} rows "
+                                  f"in {layer.row_interleave} parts")
             widths = {len(r) for r in layer.row_sets}
             if len(widths) != 1 or 0 in widths:
                 raise MgtoolError(f"template plan: layer {layer.name} rows use unequal set counts")

@@ -20,9 +20,6 @@ TINY_SPECS = {name: tiny_spec(name) for name in family_names()} | {
 # Family-parametrised tests that do not apply to a family (yet), with the reason. An xfail is
 # strict: when the feature lands the test passes, fails as XPASS, and its entry goes.
 NOT_APPLICABLE = {
-    "test_fuse.py::test_zero_init_fusion_computes_the_sum_of_the_logits[vit]": pytest.mark.xfail(
-        strict=True, reason="fuse does not tile ViTs yet (qkv head by head, cls_token/pos_embed "
-        "concatenation: issue 14 item 3, NOTES-vit.md); fuse refuses cls_token today"),
     "test_grow.py::test_net2net_preserves_the_function[vit]": pytest.mark.skip(
         reason="ViTs widen by grow_vit's named rules, not by channel-space tracing (tested in test_vit.py)"),
 }

@@ -1,10 +1,12 @@
-"""The ``vit`` family: timm's VisionTransformer converted, exported to bare timm, and
-widened head by head (clone / net2net / random), plus the qkv tile order fuse needs."""
+"""The ``vit`` family: timm's VisionTransformer converted, exported to bare timm, widened
+head by head (clone / net2net / random) and fused (MixtureGrowth, qkv tiled head by head);
+FLOPs of its attention and its AdamW parameter groups."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import timm
@@ -15,16 +17,23 @@ from torch.testing import assert_close
 from typer.testing import CliRunner
 
 import mgtool
+import mgtool.fuse
+import mgtool.loading
 from mgtool.analysis.activations import default_layers
-from mgtool.archs import ArchSpec, build_plain, grow_spec, input_size, resolve_spec
+from mgtool.archs import ArchSpec, build_plain, get_family, grow_spec, input_size, resolve_spec
 from mgtool.archs.vit import dims, timm_kwargs, vit_qkv_tile_order
 from mgtool.checkpoint import CheckpointMeta, Flops, save_checkpoint
 from mgtool.cli import app
 from mgtool.errors import MgtoolError
+from mgtool.flops import forward_flops
+from mgtool.fuse import fuse_models
 from mgtool.grow_baselines import grow, grow_net2net
 from mgtool.grow_vit import grow_vit_preserving, grow_vit_random, tensor_spaces, vit_maps, zero_sum_noise
 from mgtool.provenance import new_provenance
+from mgtool.recipe import load_recipe
 from mgtool.templates import to_template_mixing
+from mgtool.train.optim import parameter_groups
+from mgtool.train.settings import resolve
 
 from .conftest import TINY_SPECS, randomised_plain
 
@@ -300,3 +309,143 @@ def test_qkv_tile_order_reproduces_each_nets_attention_with_zero_off_diagonal_ti
         wrong = wide(torch.cat([xa, xb], -1))
     _assert_rel_close(out, expected)
     assert float((wrong - expected).abs().max()) > 1e-2
+
+
+# ------------------------------------------------------------------------ fuse (MixtureGrowth on ViTs)
+
+
+def _small_tm(seed: int, spec: ArchSpec = SPEC):
+    return to_template_mixing(randomised_plain(spec, seed), templates=2, seed=seed).eval()
+
+
+def _attention_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, N) softmax(q k^T * scale) as timm's Attention computes it."""
+    b, n, _ = x.shape
+    q, k, _ = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return (q * attn.scale @ k.transpose(-2, -1)).softmax(-1)
+
+
+def test_fused_vit_reproduces_each_heads_attention_with_zero_new_tiles():
+    a, b = _small_tm(1), _small_tm(2)
+    grown, layout = fuse_models([a, b], SPEC, init="zero")
+    assert all(la.row_interleave == 3 for la in layout.plan.layers if la.name.endswith("attn.qkv"))
+    assert all(la.row_interleave == 1 for la in layout.plan.layers if not la.name.endswith("attn.qkv"))
+    d, heads = dims(SPEC)[:2]
+    x = torch.randn(3, 17, 2 * d, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for m in (a, b, grown):
+            m.generate_weights()
+        for i in range(int(SPEC.options["depth"])):
+            wide, attn_a, attn_b = (m.net.blocks[i].attn for m in (grown, a, b))
+            xa, xb = x[..., :d], x[..., d:]
+            probs = _attention_probs(wide, x)  # LayerNorm left out: the module fed directly
+            assert probs.shape[1] == 2 * heads
+            _assert_rel_close(probs[:, :heads], _attention_probs(attn_a, xa))
+            _assert_rel_close(probs[:, heads:], _attention_probs(attn_b, xb))
+            _assert_rel_close(wide(x), torch.cat([attn_a(xa), attn_b(xb)], -1))
+
+
+def test_fused_vit_concatenates_tokens_norms_and_qkv_bias_in_timms_layout():
+    a, b = _small_tm(1), _small_tm(2)
+    grown, layout = fuse_models([a, b], SPEC, init="orthogonal")
+    sd, sa, sb = grown.state_dict(), a.state_dict(), b.state_dict()
+    for key in ("net.cls_token", "net.pos_embed"):  # along the embedding, not the tokens
+        assert torch.equal(sd[key], torch.cat([sa[key], sb[key]], -1))
+    for key in ("net.patch_embed.proj.bias", "net.blocks.1.norm1.weight", "net.norm.bias", "net.blocks.0.mlp.fc1.bias"):
+        assert torch.equal(sd[key], torch.cat([sa[key], sb[key]]))
+    d = dims(SPEC)[0]
+    key = "net.blocks.0.attn.qkv.bias"
+    assert torch.equal(sd[key], torch.cat([sa[key], sb[key]])[vit_qkv_tile_order(d, 2)])
+    assert torch.equal(sd["net.head.bias"], sa["net.head.bias"] + sb["net.head.bias"])
+    assert {layout.roles[n] for n in ("patch_embed.proj", "blocks.0.attn.qkv", "head")} == {"first", "hidden",
+                                                                                           "classifier"}
+
+
+def test_zero_init_fusion_of_vits_is_near_but_not_the_sum_and_one_input_is_exact():
+    a, b = _small_tm(1), _small_tm(2)
+    assert not get_family("vit").fusion_sums_logits
+    grown, _ = fuse_models([a, b], SPEC, init="zero")
+    expected = _logits(a, SPEC) + _logits(b, SPEC)
+    gap = float((_logits(grown, SPEC) - expected).abs().max() / expected.abs().max())
+    assert 1e-3 < gap < 0.5  # LayerNorm normalises [x_a, x_b] with the joint mean and variance
+    # One input: the stream is [x, x], which LayerNorm normalises exactly: g times the logits.
+    twice, _ = fuse_models([a], SPEC, init="zero")
+    _assert_rel_close(_logits(twice, SPEC), 2 * _logits(a, SPEC))
+
+
+def test_fuse_cli_on_preset_vits_then_export_loads_into_bare_timm(tmp_path):
+    spec = resolve_spec(ArchSpec("vit", 1, 10, 3, PRESET_OPTS))
+    paths = []
+    for seed in (1, 2):
+        tm = _small_tm(seed, spec)
+        meta = CheckpointMeta(kind="template-mixing", arch=spec, plan=tm.plan, provenance=new_provenance(()),
+                              flops=Flops())
+        paths.append(save_checkpoint(tmp_path / f"{seed}.safetensors", tm.state_dict(), meta, force=False))
+    ab, plain = tmp_path / "ab.safetensors", tmp_path / "ab.plain.safetensors"
+    result = runner.invoke(app, ["fuse", *map(str, paths), "--init", "orthogonal", "-o", str(ab), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["arch"]["width"] == 2
+    result = runner.invoke(app, ["export", str(ab), "-o", str(plain)])
+    assert result.exit_code == 0, result.output
+    bare = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=128, depth=4,
+                             num_heads=4, num_classes=10)
+    bare.load_state_dict(mgtool.checkpoint.read_tensors(plain), strict=True)
+    grown, _ = mgtool.loading.load_checkpoint(ab)
+    _assert_rel_close(_logits(bare, spec), _logits(grown, spec))
+    # --verify: the sum of two ViTs is not what zero-init fusion computes, so it is refused ...
+    result = runner.invoke(app, ["fuse", *map(str, paths), "--verify", "-o", str(tmp_path / "v.safetensors")])
+    assert result.exit_code == 1 and "LayerNorm" in result.stderr
+    # ... while one input (w/o fusion) is exact: g times its logits.
+    report = mgtool.fuse.fuse(paths[:1], None, init="zero", verify=True).verify
+    assert report is not None and report.relative <= 1e-5
+
+
+def test_row_interleave_is_a_row_permutation_stored_in_the_plan():
+    from mgtool.mixing import mix
+    from mgtool.plan import TemplatePlan
+
+    bank = torch.randn(2, 3, 12, 5, dtype=torch.float64)
+    coefs = torch.randn(2, 2, 3, dtype=torch.float64)
+    plain = mix(bank, coefs, ((0,), (1,)))
+    assert torch.equal(mix(bank, coefs, ((0,), (1,)), 3), plain[vit_qkv_tile_order(4, 2)])
+    assert torch.equal(mix(bank, coefs[None], ((0,), (1,)), 3)[0], plain[vit_qkv_tile_order(4, 2)])
+    _, layout = fuse_models([_small_tm(1), _small_tm(2)], SPEC, init="zero")
+    data = layout.plan.to_dict()
+    assert TemplatePlan.from_dict(data) == layout.plan
+    assert "row_interleave" not in json.dumps(_small_tm(1).plan.to_dict())  # small plans unchanged
+    qkv = next(la for la in data["layers"] if la["name"].endswith("attn.qkv"))
+    qkv["row_interleave"] = 5
+    with pytest.raises(MgtoolError, match="cannot interleave 48 rows in 5 parts"):
+        TemplatePlan.from_dict(data)
+
+
+# ------------------------------------------------------------------------ FLOPs and the optimizer
+
+
+def test_flops_count_scaled_dot_product_attention():
+    class Sdpa(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = x.view(1, 2, 5, 3)  # heads 2, tokens 5, head_dim 3
+            return nn.functional.scaled_dot_product_attention(q, q, q)
+
+    assert forward_flops(Sdpa(), (2, 5, 3)) == 2 * 5 * 5 * (3 + 3)  # q k^T and attn v
+    # The preset: fvcore's 13,163,968 without the attention products, + 4 blocks x 2 x 65^2 x 64.
+    assert forward_flops(build_plain(resolve_spec(ArchSpec("vit", 1, 10))), (3, 32, 32)) == 15_327_168
+
+
+def test_adamw_groups_exclude_norms_biases_pos_embed_and_cls_token_from_decay():
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "fashion-mnist-vit-cpu.yaml")
+    cfg = resolve(recipe.net1.train)
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("adamw", 1e-3, 0.05)
+    for model in (build_plain(SPEC), _small_tm(1)):
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = {g["name"]: g for g in parameter_groups(model, cfg)}
+        decayed = {names[id(p)] for g in groups.values() if g["weight_decay"] > 0 for p in g["params"]}
+        free = {names[id(p)] for g in groups.values() if g["weight_decay"] == 0 for p in g["params"]}
+        assert decayed | free == set(names.values()) and not decayed & free
+        for name in decayed:
+            assert not name.endswith(("bias", "pos_embed", "cls_token")) and ".norm" not in name, name
+            assert name.endswith(("weight", "coefficients")) or name.startswith("banks."), name
+        assert {n.removeprefix("net.") for n in free} >= {"pos_embed", "cls_token", "norm.weight", "norm.bias",
+                                                          "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"}

@@ -22,6 +22,13 @@ class Family:
     input_size: default (H, W) for FLOPs counting and verification batches.
     tiny: the smallest instance that exercises the family (``width``, ``num_classes``,
     ``in_chans``, ``options``): the tests are generated from it for every registered family.
+    row_interleave: how ``fuse`` lays out the output rows of some mixed layers: layer-name
+    glob -> p, the number of equal parts each net's rows are split into, listed part by
+    part over the nets (timm's fused qkv: ``{"blocks.*.attn.qkv": 3}``, so the grown qkv is
+    ``[q of every net | k ... | v ...]``); that layer's bias is concatenated the same way.
+    fusion_sums_logits: whether fusing g nets with zero new tiles computes the sum of their
+    logits (True for BatchNorm CNNs; False where a norm, e.g. LayerNorm, mixes the joined
+    stream's statistics). ``fuse --verify`` of several nets needs it.
     """
 
     name: str
@@ -31,6 +38,8 @@ class Family:
     input_size: Callable[[ArchSpec], tuple[int, int]]
     summary: str
     tiny: dict[str, Any] = field(default_factory=lambda: {"width": 1.0})
+    row_interleave: dict[str, int] = field(default_factory=dict)
+    fusion_sums_logits: bool = True
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -98,5 +98,7 @@ register_family(
         "num_heads (head_dim kept) and the MLP; defaults: patch 4 on 32x32, dim 64, depth 4, 2 heads",
         tiny={"width": 0.5, "num_classes": 5,
               "options": {"embed_dim": 32, "depth": 2, "num_heads": 4, "img_size": 16}},
+        row_interleave={"blocks.*.attn.qkv": QKV_PARTS},  # fused heads: see vit_qkv_tile_order
+        fusion_sums_logits=False,  # LayerNorm normalises over the nets' joined streams
     )
 )

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mgtool.archs import ArchSpec, build_plain
+from mgtool.archs import ArchSpec, build_plain, get_family
 from mgtool.checkpoint import (
     CheckpointMeta,
     Flops,
@@ -95,6 +95,8 @@ def fuse(
         check_output_path(out, force)
     settings = resolve_init(init, scale=init_scale, noise=noise, init_norm=init_norm, options=init_options)
     inputs = validate([Path(p) for p in sources], factor, settings)  # every check, once
+    if verify:
+        check_verifiable(inputs.small.spec, inputs.fused)
     layout = layout_of(inputs.small, inputs.factor, inputs.fused)  # plan
     tensors, new = fuse_tensors(layout, stream_tensors(inputs.paths), inputs.init, seed=seed)  # stream
     check = _verify(layout, tensors, inputs) if verify else None
@@ -155,6 +157,16 @@ def _grown_meta(layout: FusionLayout, inputs: FuseInputs) -> CheckpointMeta:
         flops=flops,
         data=datas[0] if datas and all(d == datas[0] for d in datas) else None,
     )
+
+
+def check_verifiable(spec: ArchSpec, fused: bool) -> None:
+    """``--verify`` checks the sum of the inputs' logits: refused where the family says fusion is not that."""
+    if fused and not get_family(spec.name).fusion_sums_logits:
+        raise MgtoolError(
+            f"--verify: fusing {spec.name} nets with zero new tiles does not compute the sum of their logits "
+            "(a LayerNorm normalises over the joined streams), so there is nothing exact to verify; "
+            "--verify applies to one input (w/o fusion) for this family"
+        )
 
 
 def _verify(layout: FusionLayout, tensors: dict[str, Tensor], inputs: FuseInputs) -> LogitCheck:

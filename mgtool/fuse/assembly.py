@@ -124,8 +124,11 @@ class Assembly:
                 continue
             for s in slots:
                 if rule == CONCAT:
-                    n = value.shape[0]
-                    out[s * n : (s + 1) * n] = value
+                    how = layout.concat[key]
+                    n = value.shape[how.dim]
+                    # out's dimension viewed as (parts, g, n / parts): input s fills column s.
+                    o = out.movedim(how.dim, 0).unflatten(0, (how.parts, layout.factor, n // how.parts))
+                    o[:, s] = value.movedim(how.dim, 0).unflatten(0, (how.parts, n // how.parts))
                 else:  # SUM
                     out += value
 

@@ -8,11 +8,16 @@ Tiling (paper section 3.3, Fig. 2), for growth factor g and inputs 0..g-1:
 * first layer (input dimension fixed, e.g. the image): g x 1, tile (r, 0) = input r's;
 * classifier (output dimension fixed, e.g. the classes): 1 x g with one row over all
   sets; tile (0, c) has input c's coefficients in block c and zeros elsewhere;
-* per-channel tensors (BatchNorm affine and statistics, biases of growing layers) are
-  concatenated [input 0; input 1; ...]; the classifier bias is the sum of the inputs'
-  biases; ``num_batches_tracked`` is the largest of the inputs'.
+* per-channel tensors (BatchNorm and LayerNorm affine and statistics, biases of growing
+  layers; any tensor with exactly one dimension that grows g-fold, such as a ViT's
+  ``cls_token`` and ``pos_embed`` along their last dimension) are concatenated
+  [input 0; input 1; ...] along that dimension; the classifier bias is the sum of the
+  inputs' biases; ``num_batches_tracked`` is the largest of the inputs';
+* a layer the family names in ``Family.row_interleave`` (timm's fused qkv: p = 3) lists
+  its output rows part by part over the inputs (``LayerPlan.row_interleave``), and its
+  bias is concatenated the same way: ``[q_0 q_1 | k_0 k_1 | v_0 v_1]``.
 
-So with ``--init zero`` the grown net computes, in eval mode, the sum of its inputs'
+So with ``--init zero`` a BatchNorm CNN computes, in eval mode, the sum of its inputs'
 logits. With one input ("w/o fusion") every bank keeps its single set, every row mixes
 from it, the diagonal tiles and the new half's per-channel tensors are copies of the
 input's, and ``--init zero`` computes g times the input's logits.
@@ -25,11 +30,12 @@ list of names. Nothing here reads a file or allocates a tensor's memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 
-from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
+from mgtool.archs import ArchSpec, build_plain, get_family, grow_spec, resolve_spec
 from mgtool.errors import MgtoolError
 from mgtool.model import TemplateMixingNet
 from mgtool.plan import LayerPlan, TemplatePlan, mixable_layers
@@ -38,6 +44,15 @@ HIDDEN, FIRST, CLASSIFIER = "hidden", "first", "classifier"
 CONCAT, SUM, MAX = "concat", "sum", "max"  # rules for tensors that are not banks/coefficients
 
 Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Concat:
+    """How a CONCAT tensor grows: along ``dim``, each input's values split into ``parts``
+    equal parts listed part by part over the inputs (1: plain concatenation)."""
+
+    dim: int = 0
+    parts: int = 1
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,7 @@ class FusionLayout:
     fused: bool  # False: one input, every row mixes from its single set
     roles: dict[str, str]  # mixed layer -> hidden | first | classifier
     rules: dict[str, str]  # other tensors -> concat | sum | max
+    concat: dict[str, Concat]  # every CONCAT tensor -> its dimension and interleave
     shapes: dict[str, Shape]  # grown state-dict shapes
     small_shapes: dict[str, Shape]
     parameters: int  # trainable values of the grown net
@@ -157,18 +173,33 @@ def layer_roles(
     return roles
 
 
-def grown_plan(plan: TemplatePlan, roles: dict[str, str], factor: int, fused: bool) -> TemplatePlan:
+def row_interleaves(spec: ArchSpec, plan: TemplatePlan) -> dict[str, int]:
+    """Mixed layer -> its row interleave, from the family's ``row_interleave`` globs."""
+    patterns = get_family(spec.name).row_interleave
+    out = {}
+    for layer in plan.layers:
+        parts = [p for glob, p in patterns.items() if fnmatchcase(layer.name, glob)]
+        if parts:
+            out[layer.name] = parts[0]
+    return out
+
+
+def grown_plan(
+    plan: TemplatePlan, roles: dict[str, str], factor: int, fused: bool, interleave: dict[str, int] | None = None,
+) -> TemplatePlan:
     """The plan of the fused net (see the module docstring for the tiling)."""
     g, sets = factor, factor if fused else 1
+    interleave = interleave or {}
     banks = tuple(replace(b, sets=sets) for b in plan.banks)
     per_row = tuple((r if fused else 0,) for r in range(g))
     layers = []
     for layer in plan.layers:
         role = roles[layer.name]
+        parts = interleave.get(layer.name, 1)
         if role == HIDDEN:
-            layers.append(replace(layer, rows=g, cols=g, row_sets=per_row))
+            layers.append(replace(layer, rows=g, cols=g, row_sets=per_row, row_interleave=parts))
         elif role == FIRST:
-            layers.append(replace(layer, rows=g, cols=1, row_sets=per_row))
+            layers.append(replace(layer, rows=g, cols=1, row_sets=per_row, row_interleave=parts))
         else:
             all_sets = tuple(range(g)) if fused else (0,)
             layers.append(replace(layer, rows=1, cols=g, row_sets=(all_sets,)))
@@ -198,7 +229,8 @@ def layout_of(small: NetShapes, factor: int, fused: bool) -> FusionLayout:
         big_net = build_plain(big_spec)
     big_weights = {n: tuple(m.weight.shape) for n, m in mixable_layers(big_net)}
     roles = layer_roles(spec, plan, factor, small.weights, big_weights)
-    big_plan = grown_plan(plan, roles, factor, fused)
+    interleave = row_interleaves(spec, plan)
+    big_plan = grown_plan(plan, roles, factor, fused, interleave)
     with torch.device("meta"):
         big_tm = TemplateMixingNet(big_net, big_plan)  # also checks plan vs architecture
     big_sd = {k: tuple(v.shape) for k, v in big_tm.state_dict().items()}
@@ -207,21 +239,24 @@ def layout_of(small: NetShapes, factor: int, fused: bool) -> FusionLayout:
         diff = sorted(set(small_sd) ^ set(big_sd))
         raise MgtoolError(f"{spec.name}: growing changes the state-dict keys ({diff[:4]}); fuse cannot map them")
     classifier_biases = {f"net.{n}.bias" for n, r in roles.items() if r == CLASSIFIER}
-    rules = {}
+    interleaved_biases = {f"net.{n}.bias": p for n, p in interleave.items()}
+    rules, concat = {}, {}
     for key, big in big_sd.items():
         if key.startswith("banks.") or key.endswith(".coefficients"):
             continue
         s = small_sd[key]
+        grows = [d for d in range(len(s)) if big[d] != s[d]] if len(s) == len(big) else []
         if key.endswith("num_batches_tracked") and s == big == ():
             rules[key] = MAX
-        elif len(s) >= 1 and big[0] == factor * s[0] and big[1:] == s[1:]:
+        elif len(grows) == 1 and big[grows[0]] == factor * s[grows[0]]:
             rules[key] = CONCAT
+            concat[key] = Concat(grows[0], interleaved_biases.get(key, 1))
         elif key in classifier_biases and s == big:
             rules[key] = SUM
         else:
             raise MgtoolError(
                 f"{spec.name}: no fusion rule for tensor {key} (shape {s} in the small net, {big} "
-                f"grown); fuse concatenates per-channel tensors and sums classifier biases only"
+                f"grown); fuse concatenates tensors that grow along one dimension and sums classifier biases only"
             )
     return FusionLayout(
         small_spec=spec,
@@ -232,6 +267,7 @@ def layout_of(small: NetShapes, factor: int, fused: bool) -> FusionLayout:
         fused=fused,
         roles=roles,
         rules=rules,
+        concat=concat,
         shapes=big_sd,
         small_shapes=dict(small_sd),
         parameters=sum(p.numel() for p in big_tm.parameters()),
