@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import Progress
 
 from mgtool.cli.common import console, emit, handle_errors
 from mgtool.cli.data_options import DataDirOpt, DataOpt, DataOptOpt, DeviceOpt, SplitOpt
@@ -90,6 +89,8 @@ def cka_cmd(
     figure, json_path = output_paths(output, force)
     cfg = data_config_from_cli(data, data_dir, data_opt, fallback=read_meta(a).data)
     settings = EvalSettings(split, samples, batch_size, estimator, str(resolve_device(device)))
+    from rich.progress import Progress
+
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("cka: running both models", total=samples)
         result = cka_between(a, b, cfg, settings, layers=layers, half=half, progress=lambda n: bar.advance(task, n))
@@ -138,6 +139,8 @@ def cka_time_cmd(
     fallback = read_meta(checkpoints[0].path).data if checkpoints else None
     cfg = data_config_from_cli(data, data_dir, data_opt, fallback=fallback)
     settings = EvalSettings(split, samples, batch_size, estimator, str(resolve_device(device)))
+    from rich.progress import Progress
+
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("cka-time: checkpoints", total=len(checkpoints))
         result = cka_over_time(checkpoints, layer, cfg, settings, progress=lambda n: bar.advance(task, n))

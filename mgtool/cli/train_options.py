@@ -30,9 +30,9 @@ def _parse_milestones(text: str | None) -> tuple[float, ...] | None:
                                  param_hint="--milestones") from None
 
 
-def _option_type(field: dataclasses.Field) -> Any:
+def _option_type(field: dataclasses.Field, hints: dict[str, Any]) -> Any:
     """The CLI type of a field: its non-None type; tuples are typed as text and parsed."""
-    hint = typing.get_type_hints(TrainSettings)[field.name]
+    hint = hints[field.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
     return str if typing.get_origin(base) is tuple else base
@@ -40,13 +40,14 @@ def _option_type(field: dataclasses.Field) -> Any:
 
 def train_parameters(*, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     params = []
+    hints = typing.get_type_hints(TrainSettings)
     for f in dataclasses.fields(TrainSettings):
         if f.name in skip:
             continue
         meta = f.metadata
         option = typer.Option(meta["flag"], help=meta["help"] + default_help(f.name), show_default=False,
                                metavar=meta.get("metavar"))
-        annotation = Annotated[_option_type(f) | None, option]
+        annotation = Annotated[_option_type(f, hints) | None, option]
         params.append(inspect.Parameter(f"train_{f.name}", inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=annotation))
     return params
