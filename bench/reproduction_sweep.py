@@ -283,7 +283,7 @@ def paired_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str) -> str:
     m, sd = gt.mean_std(diffs)
     per = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs))
     return (f"Paired comparison {mg} - {best} (best baseline by mean top-1), points: {per}; mean {m:+.2f}, "
-            f"std {sd:.2f}, range {min(diffs):+.2f} to {max(diffs):+.2f} ({len(diffs)} seeds).")
+            f"std {sd:.2f}, range {min(diffs):+.2f} to {max(diffs):+.2f} (seeds: {len(diffs)}).")
 
 
 def mg_key(grouped: dict[str, list[dict[str, Any]]]) -> str:
@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         out = (args.out / setting).resolve()
         arms = arms_for(base_recipe(setting, args.data_dir, args.device, args.threads),
                         part_keys(args.part, choices, best), seeds, out, choices)
+        if args.part == "gpu":  # what matters most first, in case the time runs out: the growth arms
+            arms.sort(key=lambda a: (a.key not in ("small-tm", "net2"), not a.needs))
         stuck = {a.id: why for a in arms if (why := blocked(a))}
         for arm_id, why in stuck.items():
             gt.log(f"{arm_id}: blocked, not run: {why}")

@@ -153,7 +153,7 @@ def test_pilot_rule_and_paired_comparison(tmp_path: Path) -> None:
            "**go**." in text
     # per seed: +1, +2, +1 points; mean 1.33, sample std 0.58
     assert ("Paired comparison mg-S-A - random-B (best baseline by mean top-1), points: seed 0: +1.00, "
-            "seed 1: +2.00, seed 2: +1.00; mean +1.33, std 0.58, range +1.00 to +2.00 (3 seeds).") in text
+            "seed 1: +2.00, seed 2: +1.00; mean +1.33, std 0.58, range +1.00 to +2.00 (seeds: 3).") in text
     assert "| MixtureGrowth, init S, protocol A | 81.00 ± 1.00 | 3 | 0.450X | - | - |" in text
     assert "### Table 4 (init S's scale, P* = A)" in text and "| orthogonal | 81.00 ± 1.00 | 3 |" in text
     assert "## secondary" not in text
