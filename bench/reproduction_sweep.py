@@ -338,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="Only rebuild tables.md and fig3b.png from the results.")
     p.add_argument("--seeds", default=None, help="Comma-separated seeds (default: 0,1 for the pilot, 0 for gpu, "
                    "else 0,1,2).")
+    p.add_argument("--arms", default=None, help="Comma-separated arm keys: only these of the part's rows (to split "
+                   "a part into runs of at most ~2 hours; see NOTES-sweep.md).")
     p.add_argument("--init-scale", type=float, default=None, help="Init S's scale (default: DEMO_INIT_SCALE).")
     p.add_argument("--protocol", choices=tuple(PROTOCOL_NAMES), default=None,
                    help="P*: authors (A) or lr0.1 (B) (default: DEMO_PROTOCOL).")
@@ -360,8 +362,14 @@ def main(argv: list[str] | None = None) -> int:
         choices = None if args.part == "pilot" else demo_choices(args.init_scale, args.protocol)
         best = best_baseline(args.results / "primary") if args.part == "secondary" else None
         out = (args.out / setting).resolve()
-        arms = arms_for(base_recipe(setting, args.data_dir, args.device, args.threads),
-                        part_keys(args.part, choices, best), seeds, out, choices)
+        keys = part_keys(args.part, choices, best)
+        if args.arms is not None:
+            only = [k.strip() for k in args.arms.split(",") if k.strip()]
+            if not only or set(only) - set(keys):
+                raise MgtoolError(f"--arms: {', '.join(sorted(set(only) - set(keys))) or 'none given'} not in part "
+                                  f"{args.part} (its arms: {', '.join(keys)})")
+            keys = only
+        arms = arms_for(base_recipe(setting, args.data_dir, args.device, args.threads), keys, seeds, out, choices)
         if args.part == "gpu":  # what matters most first, in case the time runs out: the growth arms
             arms.sort(key=lambda a: (a.key not in ("small-tm", "net2"), not a.needs))
         stuck = {a.id: why for a in arms if (why := blocked(a))}

@@ -132,6 +132,10 @@ def test_a_part_that_needs_the_demo_defaults_fails_in_one_line(monkeypatch, caps
     assert rs.main(["--part", "table4", "--results", str(tmp_path), "--dry-run"]) == 1
     assert capsys.readouterr().err.startswith("error: mgtool.demo has no DEMO_INIT_SCALE")
     assert rs.main(["--results", str(tmp_path)]) == 1
+    assert rs.main(["--part", "pilot", "--arms", "small,mg-S-A", "--results", str(tmp_path), "--dry-run"]) == 1
+    assert "--arms: mg-S-A not in part pilot (its arms: small, small-match, large)" in capsys.readouterr().err
+    assert rs.main(["--part", "pilot", "--arms", "small", "--results", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == ["small-s0", "small-s1"]
     assert rs.main(["--part", "secondary", "--init-scale", "1", "--protocol", "authors",
                     "--results", str(tmp_path)]) == 1
     assert "run --part table1 first" in capsys.readouterr().err
