@@ -152,10 +152,10 @@ def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
                 net2 = {"train": train, "growth_point": float(point[0][1:]), "seed": gt.NET2_SEED + seed}
         elif key.startswith("t4-"):
             fuse, protocol = (scaled(rest) if rest != "zero" else {"init": "zero"}), choices.protocol
-        elif key == "nofusion-reuse":
-            fuse, protocol = {"init": "orthogonal", "fusion": False}, choices.protocol
+        elif key == "nofusion-reuse":  # w/o fusion differs from MixtureGrowth (init S, P*) in fusion alone
+            fuse, protocol = {**scaled("orthogonal"), "fusion": False}, choices.protocol
         elif key == "nofusion-untrained":  # the authors' w/o fusion: net 2 untrained (train-small --epochs 0)
-            protocol = choices.protocol
+            fuse, protocol = scaled("orthogonal"), choices.protocol  # Table 2's point 0: init S
             net2 = {"train": {**train, "epochs": 0}, "seed": gt.NET2_SEED + seed}
         else:
             raise MgtoolError(f"unknown arm {key!r}")

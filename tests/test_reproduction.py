@@ -80,7 +80,9 @@ def test_every_plan_arm_is_a_recipe_with_the_plan_settings(tmp_path: Path) -> No
     assert by["mg-S-B-b0.45-s2"].needs == ("small-tm-s2", "net2-s2")
     assert by["t4-zero-b0.45-s0"].recipe["fuse"] == {"init": "zero", "seed": 0}
     assert by["t4-copy-b0.45-s0"].recipe["fuse"]["init_scale"] == 0.25
-    assert by["nofusion-reuse-b0.45-s0"].recipe["fuse"]["fusion"] is False
+    assert by["nofusion-reuse-b0.45-s0"].recipe["fuse"] == {"init": "orthogonal", "init_scale": 0.25,
+                                                            "fusion": False, "seed": 0}
+    assert by["nofusion-untrained-b0.45-s0"].recipe["fuse"] == {"init": "orthogonal", "init_scale": 0.25, "seed": 0}
     assert "net2" not in by["nofusion-reuse-b0.45-s0"].recipe
     assert by["nofusion-untrained-b0.45-s0"].recipe["net2"]["train"]["epochs"] == 0
     assert by["mg-S-B-p0.25-b0.45-s0"].recipe["net2"]["growth_point"] == 0.25
