@@ -292,6 +292,9 @@ def mg_key(grouped: dict[str, list[dict[str, Any]]]) -> str:
         if r["recipe"]["finetune"]["train"].get("protocol") == "authors":
             return "mg-S-A"
         return "mg-S-B"
+    for protocol in ("A", "B"):  # Table 2's points carry P* in their key
+        if any(k.startswith(f"mg-S-{protocol}-p") for k in grouped):
+            return f"mg-S-{protocol}"
     return "mg-S-A" if grouped.get("mg-S-A") and not grouped.get("mg-S-B") else "mg-S-B"
 
 
