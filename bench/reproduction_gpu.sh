@@ -34,6 +34,6 @@ timeout "$limit" python bench/reproduction_sweep.py --part gpu --device cuda --t
 echo "sweep exit status: ${PIPESTATUS[0]} (124: stopped at ${limit} s; finished arms are kept)" | tee -a "$log"
 python bench/reproduction_sweep.py --report >/dev/null 2>>"$log" || true
 if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/reproduction_gpu.tar.gz" -C bench/results/reproduction gpu
+  [ -d bench/results/reproduction/gpu ] && tar czf "$OUT/reproduction_gpu.tar.gz" -C bench/results/reproduction gpu
   cp bench/results/reproduction/tables.md "$OUT/" 2>/dev/null || true
 fi
