@@ -1,0 +1,396 @@
+"""Issue 11: the pre-registered reproduction of the paper's tables (bench/reproduction/PLAN.md).
+
+    python bench/reproduction_sweep.py --part pilot --threads 1       # one part (resumable, see NOTES-sweep.md)
+    python bench/reproduction_sweep.py --report                       # tables + Fig. 3b from the result files alone
+
+The arms of PLAN.md, as recipes on the sweep machinery of bench/growth_table.py (its ``Arm``,
+``run_arms``, result files, ``load_results`` and plot series): each arm runs through
+``mgtool.pipeline.run_pipeline`` in runs/reproduction/<setting>/<arm>, and each finished arm
+writes one JSON into bench/results/reproduction/<setting>/. ``--report`` rebuilds
+bench/results/reproduction/tables.md (for docs/RESULTS.md) and fig3b.png from those files alone.
+
+Settings: ``primary`` (WRN-10 x0.125, stem 2 -> x0.25, stem 4), ``secondary`` (x0.25 -> x0.5,
+Table 1 rows only) and ``gpu`` (WRN-16 x2 -> x4, bench/reproduction_gpu.sh); all on the full
+Fashion-MNIST, 15 epochs, batch 128, growth at 0.45X with net 1 given.
+
+Init S's scale s* and the protocol P* are the demo defaults of the growth-protocol issue,
+read from one place: ``mgtool.demo.DEMO_INIT_SCALE`` and ``mgtool.demo.DEMO_PROTOCOL``
+(``--init-scale`` / ``--protocol`` override them; the pilot needs neither).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import growth_table as gt  # noqa: E402  (puts the repository root on sys.path)
+
+from mgtool.errors import MgtoolError  # noqa: E402
+from mgtool.recipe import recipe_from_dict  # noqa: E402
+
+NAME = "reproduction"
+ROOT = gt.ROOT
+BUDGET = 0.45  # the paper's CIFAR budget, net 1 given
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+# setting -> (depth, small widen factor); the stem is 16 x widen, the large net twice as wide
+SETTINGS = {"primary": (10, 0.125), "secondary": (10, 0.25), "gpu": (16, 2.0)}
+PROTOCOLS = {"A": "authors", "B": "complete lr 0.1 cosine"}
+PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values and DEMO_PROTOCOL values
+# HOOK (issue 11): the recipe section that recalibrates BatchNorm on 2,048 training images after
+# fusion, once `mgtool run` has it (the "pipeline" helper's `recalibrate:`). Set it here, e.g.
+# {"images": 2048}; growth arms then carry it and the report fills "at growth, recalibrated".
+RECALIBRATE_SECTION: dict[str, Any] | None = None
+
+TABLE1 = [("Large (plain, 1.0X)", "large"), ("Large Match (plain, 0.45X)", "large-match"),
+          ("Small (plain)", "small"), ("Small Match (plain, 0.45X)", "small-match"),
+          ("Small (template mixing, net 1)", "small-tm"), ("Small (template mixing, net 2)", "net2"),
+          ("Template-mixing Large from scratch, 1.0X", "tm-large"),
+          ("Template-mixing Large from scratch, 0.45X", "tm-large-match"),
+          ("Random, protocol A", "random-A"), ("Random, protocol B", "random-B"),
+          ("Net2Net, protocol A", "net2net-A"), ("Net2Net, protocol B", "net2net-B"),
+          ("w/o fusion, net 1's templates reused (P*)", "nofusion-reuse"),
+          ("w/o fusion, untrained second member (P*)", "nofusion-untrained"),
+          ("MixtureGrowth, init L, protocol A", "mg-L-A"), ("MixtureGrowth, init L, protocol B", "mg-L-B"),
+          ("MixtureGrowth, init S, protocol A", "mg-S-A"), ("MixtureGrowth, init S, protocol B", "mg-S-B")]
+BASELINES = ("random-A", "random-B", "net2net-A", "net2net-B")
+TABLE4_INITS = ("orthogonal", "random", "copy", "zero")
+GROWTH_POINTS = (0.25, 0.5, 0.75)
+BUDGET_FREE = ("large", "small", "small-tm", "net2", "tm-large")
+SEEDS = (0, 1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """The demo defaults (growth-protocol issue): init S's scale and the protocol P* ("A" or "B")."""
+
+    init_scale: float | None
+    protocol: str
+
+    @property
+    def mg(self) -> str:
+        return f"mg-S-{self.protocol}"
+
+
+def demo_choices(init_scale: float | None = None, protocol: str | None = None) -> Choices:
+    """s* and P* from ``mgtool.demo`` (the one place they are chosen), unless overridden."""
+    import mgtool.demo as demo
+
+    if init_scale is None:
+        if not hasattr(demo, "DEMO_INIT_SCALE"):
+            raise MgtoolError("mgtool.demo has no DEMO_INIT_SCALE (the growth-protocol issue's init scale s*) on "
+                              "this branch; merge it first, or pass --init-scale S")
+        init_scale = demo.DEMO_INIT_SCALE
+    if protocol is None:
+        if not hasattr(demo, "DEMO_PROTOCOL"):
+            raise MgtoolError("mgtool.demo has no DEMO_PROTOCOL (the growth-protocol issue's protocol P*) on this "
+                              "branch; merge it first, or pass --protocol authors|lr0.1")
+        protocol = demo.DEMO_PROTOCOL or "lr0.1"  # None: no post-growth preset, i.e. the lr 0.1 cosine
+    if protocol not in PROTOCOL_NAMES:
+        raise MgtoolError(f"protocol P* must be one of {', '.join(PROTOCOL_NAMES)}, got {protocol!r}")
+    return Choices(init_scale, PROTOCOL_NAMES[protocol])
+
+
+# ---------------------------------------------------------------------- arms as recipes
+
+
+def base_recipe(setting: str, data_dir: str, device: str, threads: int) -> dict[str, Any]:
+    """PLAN.md's setting as a base recipe (gt.default_base: full training and test sets, BN
+    before blocks only, every accuracy on the full test set)."""
+    depth, width = SETTINGS[setting]
+    args = argparse.Namespace(small_width=width, train_size=0, eval_size=0, data_dir=data_dir, depth=depth,
+                              epochs=15, batch_size=128, lr=0.1, device=device, threads=threads)
+    return {**gt.default_base(args), "name": NAME}
+
+
+def part_keys(part: str, choices: Choices | None, best: str | None = None) -> list[str]:
+    """The table rows (arm keys) a part runs; their nets' arms are added by ``arms_for``."""
+    if part == "pilot":
+        return ["small", "small-match", "large"]
+    assert choices is not None
+    mg = choices.mg
+    if part == "table1":
+        return [key for _, key in TABLE1]
+    if part == "table4":
+        return [mg] + [f"t4-{init}" for init in TABLE4_INITS[1:]]
+    if part == "table2":
+        return ["nofusion-untrained"] + [f"{mg}-p{p:g}" for p in GROWTH_POINTS] + [mg]
+    if part == "secondary":
+        return [mg, best or "", "large", "large-match", "small", "small-tm", "net2", "small-match"]
+    if part == "gpu":  # what fits 10 minutes of an H100 (bench/reproduction_gpu.sh)
+        return ["small", "small-match", "large", "large-match", f"random-{choices.protocol}",
+                f"net2net-{choices.protocol}", "nofusion-reuse", mg]
+    raise MgtoolError(f"unknown part {part!r}")
+
+
+def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
+             choices: Choices | None) -> list[gt.Arm]:
+    """Every arm of ``keys`` for each seed, with the nets they grow, net 1 before its growers."""
+    common, train, setting = gt.recipe_common(base)
+
+    def finetune_train(protocol: str) -> dict[str, Any]:
+        if protocol == "A":  # the authors' preset; no lr of our own, or it would override the preset's
+            return {"epochs": train["epochs"], "batch_size": train["batch_size"], "protocol": "authors"}
+        return {**train, "coef_weight_decay": 0.0}
+
+    def grown(key: str, seed: int) -> tuple[dict[str, Any], tuple[str, ...]]:
+        net1 = out / f"small-tm-s{seed}" / "scratch.safetensors"
+        needs = (f"small-tm-s{seed}",)
+        method, fuse, net2, protocol = "mixturegrowth", {"init": "orthogonal"}, None, None
+        name, _, rest = key.partition("-")
+        if name in ("random", "net2net"):
+            method, protocol = name, rest
+        elif key.startswith("mg-"):  # mg-{L,S}-{A,B}[-pP]
+            init, protocol, *point = rest.split("-")
+            fuse = {"init": "orthogonal", "init_norm": "unit"} if init == "L" else scaled("orthogonal")
+            if point:
+                net2 = {"train": train, "growth_point": float(point[0][1:]), "seed": gt.NET2_SEED + seed}
+        elif key.startswith("t4-"):
+            fuse, protocol = (scaled(rest) if rest != "zero" else {"init": "zero"}), choices.protocol
+        elif key == "nofusion-reuse":  # w/o fusion differs from MixtureGrowth (init S, P*) in fusion alone
+            fuse, protocol = {**scaled("orthogonal"), "fusion": False}, choices.protocol
+        elif key == "nofusion-untrained":  # the authors' w/o fusion: net 2 untrained (train-small --epochs 0)
+            fuse, protocol = scaled("orthogonal"), choices.protocol  # Table 2's point 0: init S
+            net2 = {"train": {**train, "epochs": 0}, "seed": gt.NET2_SEED + seed}
+        else:
+            raise MgtoolError(f"unknown arm {key!r}")
+        recipe = {**common, "method": method, "net1": {"checkpoint": str(net1), "seed": seed},
+                  "fuse": {**fuse, "seed": seed},
+                  "finetune": {"train": finetune_train(protocol), "seed": seed, "flops_norm": BUDGET}}
+        if method == "mixturegrowth" and fuse.get("fusion", True):
+            if net2 is None:  # growth point 1: the net2 arm's net, trained once per seed
+                net2 = {"checkpoint": str(out / f"net2-s{seed}" / "scratch.safetensors")}
+                needs += (f"net2-s{seed}",)
+            recipe["net2"] = net2
+        if RECALIBRATE_SECTION is not None:
+            recipe["recalibrate"] = RECALIBRATE_SECTION
+        return recipe, needs
+
+    def scaled(init: str) -> dict[str, Any]:
+        if choices.init_scale is None:
+            return {"init": init}
+        return {"init": init, "init_scale": choices.init_scale}
+
+    wanted: dict[str, gt.Arm] = {}
+
+    def add(key: str, seed: int) -> None:
+        free = key in BUDGET_FREE
+        if key in ("small", "large", "small-match", "large-match"):
+            recipe, needs = gt.scratch_recipe(common, train, key.split("-")[0], "plain", seed,
+                                              None if free else BUDGET), ()
+        elif key in ("small-tm", "net2"):
+            recipe, needs = gt.scratch_recipe(common, train, "small", "template-mixing",
+                                              seed + (gt.NET2_SEED if key == "net2" else 0), None), ()
+        elif key in ("tm-large", "tm-large-match"):
+            recipe, needs = gt.scratch_recipe(common, train, "large", "template-mixing", seed,
+                                              None if free else BUDGET), ()
+        else:
+            recipe, needs = grown(key, seed)
+            for need in needs:
+                add(need.rsplit("-s", 1)[0], seed)
+        budget = None if free else BUDGET
+        arm_id = gt.Arm(key, seed, budget, {}).id
+        wanted.setdefault(arm_id, gt.Arm(key, seed, budget, {**recipe, "name": arm_id}, needs, setting))
+
+    for seed in seeds:
+        for key in keys:
+            add(key, seed)
+    return sorted(wanted.values(), key=lambda a: (bool(a.needs), a.seed, a.id))
+
+
+def blocked(arm: gt.Arm) -> str | None:
+    """Why mgtool cannot run this arm's recipe yet (e.g. a recipe key the library lacks), or None."""
+    try:
+        recipe_from_dict(arm.recipe)
+    except MgtoolError as e:
+        return str(e)
+    return None
+
+
+def best_baseline(results: Path) -> str:
+    """The primary setting's best growth baseline (Random/Net2Net, either protocol) by mean top-1."""
+    grouped = by_arm(results)
+    means = {k: statistics.fmean(r["top1"] for r in grouped[k]) for k in BASELINES if grouped.get(k)}
+    if not means:
+        raise MgtoolError(f"{results}: no Random or Net2Net results yet; run --part table1 first (the secondary "
+                          "setting runs the primary setting's best baseline)")
+    return max(means, key=lambda k: (means[k], k))
+
+
+# ---------------------------------------------------------------------- report
+
+
+def by_arm(results: Path) -> dict[str, list[dict[str, Any]]]:
+    """One setting's result files by arm (each list in seed order); every arm has one budget."""
+    if not results.is_dir():
+        return {}
+    return {arm: rows for (arm, _), rows in gt.load_results(results).items()}
+
+
+def _row(label: str, rows: list[dict[str, Any]], growth: bool) -> str:
+    norm = f"{statistics.fmean(r['flops_norm'] for r in rows):.3f}X" if rows else "-"
+    line = f"| {label} | {gt.fmt([r['top1'] for r in rows])} | {len(rows)} | {norm} |"
+    if growth:
+        fused = [r["at_growth_top1"] for r in rows if r.get("at_growth_top1") is not None]
+        recal = [r["at_growth_recalibrated_top1"] for r in rows if r.get("at_growth_recalibrated_top1") is not None]
+        line += f" {gt.fmt(fused) if fused else '-'} | {gt.fmt(recal) if recal else '-'} |"
+    return line
+
+
+def table(title: str, rows: list[tuple[str, str]], grouped: dict[str, list[dict[str, Any]]]) -> str:
+    head = (f"| {title} | top-1 % (mean ± std) | seeds | FLOPs Norm | at growth, fused | "
+            "at growth, recalibrate-bn |\n|---|---|---|---|---|---|")
+    growing = [label for label, key in rows if key not in BUDGET_FREE and not key.endswith("-match")]
+    return head + "\n" + "\n".join(_row(label, grouped.get(key, []), True) if label in growing
+                                   else _row(label, grouped.get(key, []), False) + " - | - |"
+                                   for label, key in rows)
+
+
+def pilot_markdown(grouped: dict[str, list[dict[str, Any]]]) -> str:
+    """PLAN.md's go/no-go rule on seeds 0 and 1."""
+    mean = {k: [r["top1"] for r in grouped.get(k, []) if r["seed"] in (0, 1)]
+            for k in ("small", "small-match", "large")}
+    lines = ["| arm | seeds 0, 1: top-1 % (mean ± std) | runs |", "|---|---|---|"]
+    lines += [f"| {k} | {gt.fmt(v)} | {len(v)} |" for k, v in mean.items()]
+    if all(len(v) == 2 for v in mean.values()):
+        match = 100 * (statistics.fmean(mean["small-match"]) - statistics.fmean(mean["small"]))
+        width = 100 * (statistics.fmean(mean["large"]) - statistics.fmean(mean["small"]))
+        go = match <= 0.3 and width >= 1.0
+        lines.append(f"\nSmall Match - Small = {match:+.2f} points (go if <= 0.3); Large - Small = {width:+.2f} points "
+                     f"(go if >= 1.0): **{'go' if go else 'no-go'}**.")
+    else:
+        lines.append("\nGo/no-go: not decided (the pilot needs both seeds of all three arms).")
+    return "\n".join(lines)
+
+
+def paired_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str) -> str:
+    """MixtureGrowth (init S, P*) - the best baseline by mean top-1, per seed both have."""
+    means = {k: statistics.fmean(r["top1"] for r in grouped[k]) for k in BASELINES if grouped.get(k)}
+    if not grouped.get(mg) or not means:
+        return f"Paired comparison: not yet ({mg} and at least one baseline need results)."
+    best = max(means, key=lambda k: (means[k], k))
+    a = {r["seed"]: r["top1"] for r in grouped[mg]}
+    b = {r["seed"]: r["top1"] for r in grouped[best]}
+    seeds = sorted(a.keys() & b.keys())
+    diffs = [100 * (a[s] - b[s]) for s in seeds]
+    if not diffs:
+        return f"Paired comparison {mg} - {best}: no seed has both."
+    m, sd = gt.mean_std(diffs)
+    per = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(seeds, diffs))
+    return (f"Paired comparison {mg} - {best} (best baseline by mean top-1), points: {per}; mean {m:+.2f}, "
+            f"std {sd:.2f}, range {min(diffs):+.2f} to {max(diffs):+.2f} (seeds: {len(diffs)}).")
+
+
+def mg_key(grouped: dict[str, list[dict[str, Any]]]) -> str:
+    """P*'s MixtureGrowth arm, as recorded in the result files (Table 4's orthogonal row)."""
+    for r in grouped.get("t4-copy", []) + grouped.get("t4-random", []) + grouped.get("nofusion-reuse", []):
+        if r["recipe"]["finetune"]["train"].get("protocol") == "authors":
+            return "mg-S-A"
+        return "mg-S-B"
+    for protocol in ("A", "B"):  # Table 2's points carry P* in their key
+        if any(k.startswith(f"mg-S-{protocol}-p") for k in grouped):
+            return f"mg-S-{protocol}"
+    return "mg-S-A" if grouped.get("mg-S-A") and not grouped.get("mg-S-B") else "mg-S-B"
+
+
+def report(root: Path) -> str:
+    """tables.md and fig3b.png in ``root`` from the result files in root/<setting>/ alone."""
+    settings = {s: by_arm(root / s) for s in SETTINGS}
+    if not any(settings.values()):
+        raise MgtoolError(f"{root}: no result files of the reproduction sweep (in {', '.join(SETTINGS)}/)")
+    texts = []
+    for setting, grouped in settings.items():
+        if not grouped:
+            continue
+        depth, width = SETTINGS[setting]
+        mg = mg_key(grouped)
+        texts.append(f"## {setting}: WRN-{depth} x{width:g} -> x{2 * width:g}, full Fashion-MNIST, 15 epochs, "
+                     f"growth at {BUDGET:g}X (net 1 given)\n")
+        texts.append(f"### Pilot\n\n{pilot_markdown(grouped)}\n")
+        texts.append(f"### Table 1\n\n{table('Method', TABLE1, grouped)}\n\n{paired_markdown(grouped, mg)}\n")
+        t4 = [("orthogonal", mg)] + [(init, f"t4-{init}") for init in TABLE4_INITS[1:]]
+        texts.append(f"### Table 4 (init S's scale, P* = {mg[-1]})\n\n{table('Coefficient init', t4, grouped)}\n")
+        t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained")] + [
+            (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
+        texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n{table('Growth point', t2, grouped)}\n")
+    text = "\n".join(texts)
+    gt.atomic_write(root / "tables.md", lambda tmp: Path(tmp).write_text(text))
+    primary = settings["primary"]
+    from mgtool.analysis.plot import matplotlib_available, plot_series
+
+    if matplotlib_available() and primary:
+        mg = mg_key(primary)
+        rows = [("orthogonal", primary.get(mg, []))] + [(i, primary.get(f"t4-{i}", [])) for i in TABLE4_INITS[1:]]
+        plot_series(gt.curve_series(rows), out=root / "fig3b.png",
+                    title="Top-1 per epoch after growth, by coefficient init (Fig. 3b, primary setting)",
+                    xlabel="training FLOPs Norm (net 1 given)", ylabel="top-1 on the test set (%)")
+    return text
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=("pilot", "table1", "table4", "table2", "secondary", "gpu"))
+    p.add_argument("--report", action="store_true", help="Only rebuild tables.md and fig3b.png from the results.")
+    p.add_argument("--seeds", default=None, help="Comma-separated seeds (default: 0,1 for the pilot, 0 for gpu, "
+                   "else 0,1,2).")
+    p.add_argument("--arms", default=None, help="Comma-separated arm keys: only these of the part's rows (to split "
+                   "a part into runs of at most ~2 hours; see NOTES-sweep.md).")
+    p.add_argument("--init-scale", type=float, default=None, help="Init S's scale (default: DEMO_INIT_SCALE).")
+    p.add_argument("--protocol", choices=tuple(PROTOCOL_NAMES), default=None,
+                   help="P*: authors (A) or lr0.1 (B) (default: DEMO_PROTOCOL).")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / NAME)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / NAME)
+    p.add_argument("--data-dir", default=DATA_DIR)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default).")
+    p.add_argument("--dry-run", action="store_true", help="List the arms (and blocked ones) and stop.")
+    args = p.parse_args(argv)
+    try:
+        if args.report:
+            print(report(args.results))
+            return 0
+        if args.part is None:
+            raise MgtoolError("give --part pilot|table1|table4|table2|secondary|gpu, or --report")
+        setting = {"secondary": "secondary", "gpu": "gpu"}.get(args.part, "primary")
+        default_seeds = {"pilot": "0,1", "gpu": "0"}.get(args.part, "0,1,2")
+        seeds = [int(s) for s in (args.seeds or default_seeds).split(",") if s.strip()]
+        choices = None if args.part == "pilot" else demo_choices(args.init_scale, args.protocol)
+        best = best_baseline(args.results / "primary") if args.part == "secondary" else None
+        out = (args.out / setting).resolve()
+        keys = part_keys(args.part, choices, best)
+        if args.arms is not None:
+            only = [k.strip() for k in args.arms.split(",") if k.strip()]
+            if not only or set(only) - set(keys):
+                raise MgtoolError(f"--arms: {', '.join(sorted(set(only) - set(keys))) or 'none given'} not in part "
+                                  f"{args.part} (its arms: {', '.join(keys)})")
+            keys = only
+        arms = arms_for(base_recipe(setting, args.data_dir, args.device, args.threads), keys, seeds, out, choices)
+        if args.part == "gpu":  # what matters most first, in case the time runs out: the growth arms
+            arms.sort(key=lambda a: (a.key not in ("small-tm", "net2"), not a.needs))
+        stuck = {a.id: why for a in arms if (why := blocked(a))}
+        for arm_id, why in stuck.items():
+            gt.log(f"{arm_id}: blocked, not run: {why}")
+        runnable = [a for a in arms if a.id not in stuck]
+        gt.log(f"{len(runnable)} arms to run ({len(stuck)} blocked); results in {args.results / setting}")
+        if args.dry_run:
+            print("\n".join(a.id for a in runnable))
+            return 0
+        command = " ".join(["python bench/reproduction_sweep.py", *(argv if argv is not None else sys.argv[1:])])
+        gt.run_arms(runnable, out, args.results / setting, command, f"{NAME}/{setting}")
+        print(report(args.results))
+    except MgtoolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

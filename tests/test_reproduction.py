@@ -1,0 +1,212 @@
+"""bench/reproduction_sweep.py (issue 11): PLAN.md's arms as recipes, one JSON per arm on synthetic data,
+the report (pilot go/no-go, paired comparison, tables, Fig. 3b) rebuilt byte for byte from the files alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "recipes" / "synthetic-smoke.yaml"
+
+
+def load():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("reproduction_sweep", ROOT / "bench" / "reproduction_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduction_sweep"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+rs = load()
+
+
+def smoke_base() -> dict:
+    base = yaml.safe_load(SMOKE.read_text())
+    base["reference"]["epochs"] = 12  # the authors' protocol warms up one whole epoch: leave the fine-tune more
+    return base
+
+
+def fake(arm: str, seed: int, top1: float, *, budget: float | None = 0.45, protocol: str | None = None,
+         curve: tuple[float, ...] = ()) -> dict:
+    """A hand-made result file, as growth_table.result_of writes it (the keys the report reads)."""
+    train = {"protocol": protocol} if protocol else {"lr": 0.1}
+    return {"arm": arm, "seed": seed, "budget": None if arm in rs.BUDGET_FREE else budget, "setting_sha256": "x",
+            "top1": top1, "flops_norm": 1.0 if arm == "large" else 0.45, "at_growth_top1": None,
+            "recipe": {"finetune": {"train": train}},
+            "curve": [{"epoch": i + 1, "flops_norm": 0.3 + 0.05 * i, "test_top1": c} for i, c in enumerate(curve)]}
+
+
+def write(folder: Path, results: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        name = f"{r['arm']}{'' if r['budget'] is None else '-b0.45'}-s{r['seed']}.json"
+        (folder / name).write_text(json.dumps(r))
+
+
+# ---------------------------------------------------------------------- arms
+
+
+def test_every_plan_arm_is_a_recipe_with_the_plan_settings(tmp_path: Path) -> None:
+    choices = rs.Choices(0.25, "B")
+    base = rs.base_recipe("primary", "/data", "cpu", 1)
+    assert base["arch"]["width"] == 0.125 and base["arch"]["options"] == {"depth": 10, "norm": "block-input",
+                                                                         "stem_width": 2}
+    assert "subset" not in base["data"] and base["eval"]["test_set"] == "full"
+    assert base["finetune"]["train"] == {"epochs": 15, "batch_size": 128, "lr": 0.1}
+    assert rs.base_recipe("secondary", "/data", "cpu", 1)["arch"]["options"]["stem_width"] == 4
+    keys = rs.part_keys("table1", choices) + rs.part_keys("table4", choices) + rs.part_keys("table2", choices)
+    arms = rs.arms_for(base, keys, [0, 1, 2], tmp_path, choices)
+    by = {a.id: a for a in arms}
+    assert len(by) == len(arms) and {a.seed for a in arms} == {0, 1, 2}
+    assert {k for _, k in rs.TABLE1} <= {a.key for a in arms}
+    order = [bool(a.needs) for a in arms]
+    assert order == sorted(order)  # the nets grown come before the arms that grow them
+    a = by["random-A-b0.45-s1"].recipe
+    assert a["method"] == "random" and a["finetune"]["flops_norm"] == 0.45
+    assert a["finetune"]["train"] == {"epochs": 15, "batch_size": 128, "protocol": "authors"}  # no lr of ours
+    assert by["net2net-B-b0.45-s0"].recipe["finetune"]["train"] == {"epochs": 15, "batch_size": 128, "lr": 0.1,
+                                                                   "coef_weight_decay": 0.0}
+    assert by["mg-L-A-b0.45-s0"].recipe["fuse"] == {"init": "orthogonal", "init_norm": "unit", "seed": 0}
+    assert by["mg-S-B-b0.45-s2"].recipe["fuse"] == {"init": "orthogonal", "init_scale": 0.25, "seed": 2}
+    assert by["mg-S-B-b0.45-s2"].needs == ("small-tm-s2", "net2-s2")
+    assert by["t4-zero-b0.45-s0"].recipe["fuse"] == {"init": "zero", "seed": 0}
+    assert by["t4-copy-b0.45-s0"].recipe["fuse"]["init_scale"] == 0.25
+    assert by["nofusion-reuse-b0.45-s0"].recipe["fuse"] == {"init": "orthogonal", "init_scale": 0.25,
+                                                            "fusion": False, "seed": 0}
+    assert by["nofusion-untrained-b0.45-s0"].recipe["fuse"] == {"init": "orthogonal", "init_scale": 0.25, "seed": 0}
+    assert "net2" not in by["nofusion-reuse-b0.45-s0"].recipe
+    assert by["nofusion-untrained-b0.45-s0"].recipe["net2"]["train"]["epochs"] == 0
+    assert by["mg-S-B-p0.25-b0.45-s0"].recipe["net2"]["growth_point"] == 0.25
+    assert by["large-match-b0.45-s0"].recipe["scratch"] == {"train": base["finetune"]["train"], "size": "large",
+                                                            "kind": "plain", "flops_norm": 0.45, "seed": 0}
+    assert by["tm-large-s0"].recipe["scratch"]["kind"] == "template-mixing"
+    assert by["net2-s1"].recipe["scratch"]["seed"] == 1001
+    assert len({a.setting for a in arms}) == 1
+    assert [a.id for a in rs.arms_for(base, rs.part_keys("pilot", None), [0, 1], tmp_path, None)] == [
+        "large-s0", "small-match-b0.45-s0", "small-s0", "large-s1", "small-match-b0.45-s1", "small-s1"]
+
+
+def test_arms_the_recipe_cannot_express_yet_are_blocked_with_the_reason(tmp_path: Path) -> None:
+    from mgtool.recipe import FuseSection
+
+    arms = rs.arms_for(rs.base_recipe("primary", "/data", "cpu", 1), ["mg-S-A", "small"], [0], tmp_path,
+                       rs.Choices(0.25, "A"))
+    why = {a.key: rs.blocked(a) for a in arms}
+    assert why["small"] is None and why["small-tm"] is None
+    if "init_scale" in {f.name for f in dataclasses.fields(FuseSection)}:
+        assert why["mg-S-A"] is None
+    else:
+        assert "init_scale" in why["mg-S-A"]
+
+
+def test_demo_defaults_are_read_from_mgtool_demo_or_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mgtool.demo as demo
+
+    monkeypatch.delattr(demo, "DEMO_INIT_SCALE", raising=False)
+    monkeypatch.delattr(demo, "DEMO_PROTOCOL", raising=False)
+    with pytest.raises(rs.MgtoolError, match="no DEMO_INIT_SCALE .* pass --init-scale"):
+        rs.demo_choices()
+    with pytest.raises(rs.MgtoolError, match="no DEMO_PROTOCOL .* pass --protocol"):
+        rs.demo_choices(init_scale=0.5)
+    assert rs.demo_choices(0.5, "authors") == rs.Choices(0.5, "A")
+    monkeypatch.setattr(demo, "DEMO_INIT_SCALE", 0.3, raising=False)
+    monkeypatch.setattr(demo, "DEMO_PROTOCOL", None, raising=False)
+    assert rs.demo_choices() == rs.Choices(0.3, "B")
+    assert rs.demo_choices(protocol="authors") == rs.Choices(0.3, "A")
+    monkeypatch.setattr(demo, "DEMO_PROTOCOL", "adam", raising=False)
+    with pytest.raises(rs.MgtoolError, match="protocol P\\* must be one of"):
+        rs.demo_choices()
+
+
+def test_a_part_that_needs_the_demo_defaults_fails_in_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
+    import mgtool.demo as demo
+
+    monkeypatch.delattr(demo, "DEMO_INIT_SCALE", raising=False)
+    assert rs.main(["--part", "table4", "--results", str(tmp_path), "--dry-run"]) == 1
+    assert capsys.readouterr().err.startswith("error: mgtool.demo has no DEMO_INIT_SCALE")
+    assert rs.main(["--results", str(tmp_path)]) == 1
+    assert rs.main(["--part", "pilot", "--arms", "small,mg-S-A", "--results", str(tmp_path), "--dry-run"]) == 1
+    assert "--arms: mg-S-A not in part pilot (its arms: small, small-match, large)" in capsys.readouterr().err
+    assert rs.main(["--part", "pilot", "--arms", "small", "--results", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == ["small-s0", "small-s1"]
+    assert rs.main(["--part", "secondary", "--init-scale", "1", "--protocol", "authors",
+                    "--results", str(tmp_path)]) == 1
+    assert "run --part table1 first" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- report
+
+
+def test_pilot_rule_and_paired_comparison(tmp_path: Path) -> None:
+    write(tmp_path / "primary", [
+        fake("small", 0, 0.842), fake("small", 1, 0.844), fake("small-match", 0, 0.845),
+        fake("small-match", 1, 0.846), fake("large", 0, 0.887), fake("large", 1, 0.885),
+        *(fake("mg-S-A", s, t, protocol="authors") for s, t in enumerate((0.80, 0.82, 0.81))),
+        *(fake("random-B", s, t) for s, t in enumerate((0.79, 0.80, 0.80))),
+        *(fake("net2net-A", s, t, protocol="authors") for s, t in enumerate((0.70, 0.71, 0.72))),
+        fake("t4-copy", 0, 0.5, protocol="authors")])
+    text = rs.report(tmp_path)
+    assert "Small Match - Small = +0.25 points (go if <= 0.3); Large - Small = +4.30 points (go if >= 1.0): " \
+           "**go**." in text
+    # per seed: +1, +2, +1 points; mean 1.33, sample std 0.58
+    assert ("Paired comparison mg-S-A - random-B (best baseline by mean top-1), points: seed 0: +1.00, "
+            "seed 1: +2.00, seed 2: +1.00; mean +1.33, std 0.58, range +1.00 to +2.00 (seeds: 3).") in text
+    assert "| MixtureGrowth, init S, protocol A | 81.00 ± 1.00 | 3 | 0.450X | - | - |" in text
+    assert "### Table 4 (init S's scale, P* = A)" in text and "| orthogonal | 81.00 ± 1.00 | 3 |" in text
+    assert "## secondary" not in text
+    write(tmp_path / "primary", [fake("small-match", 1, 0.856)])
+    assert "Small Match - Small = +0.75 points (go if <= 0.3); Large - Small = +4.30 points (go if >= 1.0): " \
+           "**no-go**." in rs.report(tmp_path)
+
+
+def test_report_without_results_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert rs.main(["--report", "--results", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}: no result files of the reproduction sweep")
+
+
+# ---------------------------------------------------------------------- end to end on synthetic data
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("reproduction")
+    choices = rs.Choices(None, "A")  # init S at the initialiser's own scale (a recipe key not needed)
+    keys = ["small", "large", "random-B", "nofusion-untrained", "t4-zero", "mg-S-A"]
+    arms = rs.arms_for(smoke_base(), keys, [0], root / "runs", choices)
+    assert all(rs.blocked(a) is None for a in arms)
+    rs.gt.run_arms(arms, root / "runs", root / "results" / "primary", "pytest", "reproduction/primary")
+    return root, arms
+
+
+def test_each_finished_arm_writes_one_result_file(ran) -> None:
+    root, arms = ran
+    results = root / "results" / "primary"
+    assert sorted(p.stem for p in results.glob("*.json")) == sorted(a.id for a in arms)
+    untrained = json.loads((results / "nofusion-untrained-b0.45-s0.json").read_text())
+    summary = json.loads((root / "runs" / "nofusion-untrained-b0.45-s0" / "summary.json").read_text())
+    rows = {r["stage"]: r for r in summary["rows"]}
+    assert rows["net2"]["flops_charged"] == 0  # the authors' w/o fusion: net 2 never trained
+    assert untrained["at_growth_top1"] is not None and untrained["at_growth_recalibrated_top1"] is None
+    assert untrained["recipe"]["finetune"]["train"]["protocol"] == "authors"
+
+
+def test_report_is_rebuilt_byte_for_byte_from_the_result_files_alone(ran, tmp_path: Path) -> None:
+    root, _ = ran
+    shutil.copytree(root / "results" / "primary", tmp_path / "primary")
+    text = rs.report(tmp_path)
+    outputs = ["tables.md", "fig3b.png"] if (tmp_path / "fig3b.png").exists() else ["tables.md"]
+    first = {n: (tmp_path / n).read_bytes() for n in outputs}
+    assert rs.main(["--report", "--results", str(tmp_path)]) == 0
+    assert {n: (tmp_path / n).read_bytes() for n in outputs} == first
+    assert first["tables.md"].decode() == text
+    assert "| w/o fusion, untrained second member (P*) | " in text and "| Random, protocol A | not run | 0 |" in text
+    assert "Paired comparison mg-S-A - random-B" in text
