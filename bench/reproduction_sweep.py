@@ -14,7 +14,7 @@ Table 1 rows only) and ``gpu`` (WRN-16 x2 -> x4, bench/reproduction_gpu.sh); all
 Fashion-MNIST, 15 epochs, batch 128, growth at 0.45X with net 1 given.
 
 Init S's scale s* and the protocol P* are the demo defaults of the growth-protocol issue,
-read from one place: ``mgtool.demo.DEMO_INIT_SCALE`` and ``mgtool.demo.DEMO_PROTOCOL``
+read from one place: ``mgtool.demo.INIT_SCALE`` and ``mgtool.demo.PROTOCOL``
 (``--init-scale`` / ``--protocol`` override them; the pilot needs neither).
 """
 
@@ -41,11 +41,11 @@ DATA_DIR = "/usr/share/datasets/fashion-mnist"
 # setting -> (depth, small widen factor); the stem is 16 x widen, the large net twice as wide
 SETTINGS = {"primary": (10, 0.125), "secondary": (10, 0.25), "gpu": (16, 2.0)}
 PROTOCOLS = {"A": "authors", "B": "complete lr 0.1 cosine"}
-PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values and DEMO_PROTOCOL values
+PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values and mgtool.demo.PROTOCOL values
 # HOOK (issue 11): the recipe section that recalibrates BatchNorm on 2,048 training images after
 # fusion, once `mgtool run` has it (the "pipeline" helper's `recalibrate:`). Set it here, e.g.
 # {"images": 2048}; growth arms then carry it and the report fills "at growth, recalibrated".
-RECALIBRATE_SECTION: dict[str, Any] | None = None
+RECALIBRATE_SECTION: dict[str, Any] | None = {"samples": 2048}  # PLAN.md: accuracy at growth both ways
 
 TABLE1 = [("Large (plain, 1.0X)", "large"), ("Large Match (plain, 0.45X)", "large-match"),
           ("Small (plain)", "small"), ("Small Match (plain, 0.45X)", "small-match"),
@@ -82,15 +82,12 @@ def demo_choices(init_scale: float | None = None, protocol: str | None = None) -
     import mgtool.demo as demo
 
     if init_scale is None:
-        if not hasattr(demo, "DEMO_INIT_SCALE"):
-            raise MgtoolError("mgtool.demo has no DEMO_INIT_SCALE (the growth-protocol issue's init scale s*) on "
-                              "this branch; merge it first, or pass --init-scale S")
-        init_scale = demo.DEMO_INIT_SCALE
+        if demo.INIT_SCALE is None:
+            raise MgtoolError("the demo's init scale s* (mgtool.demo.INIT_SCALE) is not chosen yet: "
+                              "bench/demo_defaults.py needs its 3 seeds first; or pass --init-scale S")
+        init_scale = demo.INIT_SCALE
     if protocol is None:
-        if not hasattr(demo, "DEMO_PROTOCOL"):
-            raise MgtoolError("mgtool.demo has no DEMO_PROTOCOL (the growth-protocol issue's protocol P*) on this "
-                              "branch; merge it first, or pass --protocol authors|lr0.1")
-        protocol = demo.DEMO_PROTOCOL or "lr0.1"  # None: no post-growth preset, i.e. the lr 0.1 cosine
+        protocol = demo.PROTOCOL or "lr0.1"  # None: no post-growth preset, i.e. the lr 0.1 cosine
     if protocol not in PROTOCOL_NAMES:
         raise MgtoolError(f"protocol P* must be one of {', '.join(PROTOCOL_NAMES)}, got {protocol!r}")
     return Choices(init_scale, PROTOCOL_NAMES[protocol])
@@ -343,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                    "else 0,1,2).")
     p.add_argument("--arms", default=None, help="Comma-separated arm keys: only these of the part's rows (to split "
                    "a part into runs of at most ~2 hours; see NOTES-sweep.md).")
-    p.add_argument("--init-scale", type=float, default=None, help="Init S's scale (default: DEMO_INIT_SCALE).")
+    p.add_argument("--init-scale", type=float, default=None, help="Init S's scale (default: mgtool.demo.INIT_SCALE).")
     p.add_argument("--protocol", choices=tuple(PROTOCOL_NAMES), default=None,
-                   help="P*: authors (A) or lr0.1 (B) (default: DEMO_PROTOCOL).")
+                   help="P*: authors (A) or lr0.1 (B) (default: mgtool.demo.PROTOCOL).")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / NAME)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / NAME)
     p.add_argument("--data-dir", default=DATA_DIR)
