@@ -135,7 +135,7 @@ def test_stop_at_cuts_the_full_schedule_and_budget_completes_a_short_one(tmp_pat
     r = invoke("train-small", *TINY, "--epochs", "4", "--stop-at", "0.5", "--json", "-o", out)
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
-    assert result["complete"] and result["epochs_done"] == 2
+    assert result["complete"] and result["stopped_by_budget"] and result["epochs_done"] == 2
     meta = read_meta(out)
     assert meta.training["steps"] == 16 and meta.training["samples_seen"] == 256
     last = [json.loads(s) for s in run_paths(out).metrics.read_text().splitlines()][-1]
@@ -145,6 +145,7 @@ def test_stop_at_cuts_the_full_schedule_and_budget_completes_a_short_one(tmp_pat
     r = invoke("train-small", *TINY, "--epochs", "4", "--budget", "0.5", "--json", "-o", out)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed to lr_min
+    assert not json.loads(r.stdout)["stopped_by_budget"]  # a complete (short) schedule
     assert read_meta(out).training["steps"] == 16
     r = invoke("train-small", *TINY, "--epochs", "3", "--stop-at", "0.25", "-o", tmp_path / "b.safetensors")
     part = read_meta(tmp_path / "b.safetensors").training  # 6 of 24 steps: stops inside epoch 1

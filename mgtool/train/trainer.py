@@ -78,6 +78,7 @@ class FitResult:
             "metrics": str(run_paths(self.out).metrics),
             "epochs_done": training.get("epochs_done"),
             "complete": training.get("complete"),
+            "stopped_by_budget": training.get("stopped_by_budget"),
             "test_top1": last.get("test_top1"),
             "test_top5": last.get("test_top5"),
             "test_loss": last.get("test_loss"),
@@ -249,6 +250,7 @@ class Trainer:
         self.history.append(record)
         summary = {
             "epochs": train.epochs, "epochs_done": epochs_done, "complete": complete,
+            "stopped_by_budget": complete and self.step < self.schedule.total_steps,  # --stop-at cut it
             "schedule_steps": self.schedule.total_steps, "steps": self.step, "samples_seen": self.samples,
             "flops_per_sample": self.per_sample, "flops_spent": spent, "world_size": self.env.world,
             "precision": "bf16" if self.bf16 else "fp32", "recipe": train.to_dict(),
