@@ -35,7 +35,7 @@ DATA_CHOICES = ("fashion-mnist", "synthetic")
 # The demo's growth settings, one constant each: chosen from bench/demo_defaults.py's measured
 # comparison (3 seeds, the demo's setting; see docs/RESULTS.md), so a change is one line here.
 INIT = "orthogonal"
-INIT_SCALE: float | None = None  # new tiles' norm / diagonal tiles' (None: the initialiser's own)
+INIT_SCALE: float | None = 0.1  # new tiles' norm / diagonal tiles': best of bench/demo_defaults.py (3 seeds)
 PROTOCOL: str | None = None  # the fine-tune's protocol (None: mgtool's lr 0.1 cosine; "authors")
 RECALIBRATION_SAMPLES = 2048  # BatchNorm statistics re-estimated after growth (0: off)
 INSTALL_HINT = ("install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), pass --data-dir DIR "
