@@ -37,7 +37,7 @@ from mgtool.errors import MgtoolError, check_choice, check_range
 from mgtool.grow_vit import grow_vit_preserving, grow_vit_random, handles, zero_sum_noise
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import Parent, new_provenance, sha256_file
-from mgtool.verify import LogitCheck, compare_logits, require_preserved
+from mgtool.verify import LogitCheck, VerifiedResult, compare_logits, require_preserved
 
 METHODS = ("random", "net2net", "clone")
 PRESERVING = ("net2net", "clone")
@@ -166,21 +166,13 @@ def _same_keys(small: dict[str, Tensor], wide: dict[str, Tensor], spec: ArchSpec
 
 
 @dataclass(frozen=True)
-class GrowResult:
+class GrowResult(VerifiedResult):
     path: Path | None
     meta: CheckpointMeta
     method: str
     factor: int
     model: nn.Module
     verify: LogitCheck | None = None  # net2net: wide vs small on a fixed batch
-
-    @property
-    def max_abs_logit_diff(self) -> float | None:
-        return self.verify.max_abs_diff if self.verify else None
-
-    @property
-    def logit_scale(self) -> float | None:
-        return self.verify.scale if self.verify else None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

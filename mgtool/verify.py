@@ -47,6 +47,20 @@ class LogitCheck:
                 "relative_logit_diff": self.relative}
 
 
+class VerifiedResult:
+    """For result dataclasses with a ``verify: LogitCheck | None`` field: its figures, or None."""
+
+    verify: LogitCheck | None
+
+    @property
+    def max_abs_logit_diff(self) -> float | None:
+        return self.verify.max_abs_diff if self.verify else None
+
+    @property
+    def logit_scale(self) -> float | None:
+        return self.verify.scale if self.verify else None
+
+
 def _dtype(model: nn.Module) -> torch.dtype:
     tensor = next((p for p in model.parameters() if p.is_floating_point()), None)
     return tensor.dtype if tensor is not None else torch.float32

@@ -28,11 +28,11 @@ from mgtool.fuse.ratios import TileRatios, ratio_report, tile_ratios
 from mgtool.loading import build_model
 from mgtool.model import TemplateMixingNet
 from mgtool.provenance import Parent, new_provenance, sha256_file
-from mgtool.verify import LogitCheck, compare_logits, require_preserved
+from mgtool.verify import LogitCheck, VerifiedResult, compare_logits, require_preserved
 
 
 @dataclass(frozen=True)
-class FuseResult:
+class FuseResult(VerifiedResult):
     path: Path | None
     meta: CheckpointMeta
     layout: FusionLayout
@@ -41,14 +41,6 @@ class FuseResult:
     parameters: int
     tile_ratio: TileRatios | None = None  # realised s of the new tiles
     verify: LogitCheck | None = None  # --verify: grown (new tiles zeroed) vs sum of inputs
-
-    @property
-    def max_abs_logit_diff(self) -> float | None:
-        return self.verify.max_abs_diff if self.verify else None
-
-    @property
-    def logit_scale(self) -> float | None:
-        return self.verify.scale if self.verify else None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
