@@ -97,11 +97,11 @@ class Pipeline:
         self.outcomes.append(outcome)
         return output
 
-    def _train(self, section: TrainSection, seed: int, budget: float = 1.0, epochs: int | None = None,
+    def _train(self, section: TrainSection, seed: int, budget: float | None = None, epochs: int | None = None,
                **values: Any) -> TrainConfig:
-        if epochs is not None:
-            values["epochs"] = epochs
-        return train_config(self.data.name, section, seed=seed, budget=budget, **values)
+        """The section resolved for this data set; ``budget``/``epochs`` given here override the section's."""
+        values.update({k: v for k, v in (("budget", budget), ("epochs", epochs)) if v is not None})
+        return train_config(self.data.name, section, seed=seed, **values)
 
     # ------------------------------------------------------------------ before any stage
 
@@ -238,7 +238,7 @@ class Pipeline:
 
     def finetune(self, grown: Path) -> Path:
         ft = self.r.finetune
-        epochs, budget = None, 1.0
+        epochs, budget = None, None  # None: the section's own (default: a full schedule)
         if ft.flops_norm is not None:  # what the growth has not spent yet of its FLOPs Norm
             target = ft.flops_norm * self.reference_flops() - self.charged(grown, "grown")
             epochs, budget = self._epochs_for(target, load_checkpoint(grown)[0], ft.train)
@@ -275,7 +275,7 @@ class Pipeline:
         spec = self.small_spec()
         if s.size == "large":
             spec = resolve_spec(grow_spec(spec, self.r.fuse.factor))
-        epochs, budget = None, 1.0
+        epochs, budget = None, None  # None: the section's own (default: a full schedule)
         if s.flops_norm is not None:
             with torch.device("cpu"):
                 model = build_plain(spec) if s.kind == "plain" else fresh_template_mixing(

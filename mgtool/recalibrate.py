@@ -21,7 +21,7 @@ from mgtool.checkpoint import CheckpointMeta, Flops, check_output_path, read_met
 from mgtool.data import DataConfig, dataset_info, eval_batches, resolve_config
 from mgtool.errors import MgtoolError, check_range
 from mgtool.flops import forward_flops
-from mgtool.loading import build_model
+from mgtool.loading import build_model, check_against_header
 from mgtool.provenance import Parent, new_provenance, sha256_file
 from mgtool.train.distributed import resolve_device
 from mgtool.train.evaluate import check_model_fits
@@ -79,7 +79,8 @@ def recalibrate_bn(src: Path | str, out: Path | str, data: DataConfig, *, sample
     if out.resolve() == src.resolve():
         raise MgtoolError(f"{out}: the output must differ from the input checkpoint")
     meta = read_meta(src)
-    tensors = read_tensors(src)
+    check_against_header(meta, src)  # sizes checked before anything is allocated, as load_checkpoint does
+    tensors = read_tensors(src)  # kept as stored: every tensor but the BatchNorm buffers is written back as is
     model = build_model(meta)
     model.load_state_dict(tensors, strict=True)
     layers = batchnorm_layers(model)

@@ -386,3 +386,14 @@ def test_the_growth_point_is_evaluated_on_the_epochs_test_images_when_eval_uses_
     assert results["growth_start"]["checkpoint"] == str(out / "grown.bn.safetensors")
     start = summary["after_growth"][0]
     assert (start["epoch"], start["test_top1"], start["lr"]) == (0, results["growth_start"]["top1"], None)
+
+
+def test_a_train_sections_own_budget_is_kept_unless_the_stage_sizes_it(tmp_path: Path) -> None:
+    from mgtool.pipeline import Pipeline
+    from mgtool.recipe import load_recipe
+
+    recipe = load_recipe(SMOKE, ["finetune.train.budget=0.5"])
+    p = Pipeline(recipe, tmp_path, ledger=None, quiet=True)  # no stage runs: the ledger is not touched
+    p.preflight()
+    assert p._train(recipe.finetune.train, 0).budget == 0.5
+    assert p._train(recipe.finetune.train, 0, budget=0.25).budget == 0.25
