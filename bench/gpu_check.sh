@@ -11,13 +11,7 @@
 # script installs them; without them the benchmark counts FLOPs with conv/linear hooks and the
 # tests that need fvcore are reported as failing.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-if ! $PY -c "import fvcore" 2>/dev/null && ls .whl/* >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/* \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 $PY -c "import fvcore" 2>/dev/null && echo "fvcore: yes" || echo "fvcore: MISSING (FLOPs by hooks)"

@@ -52,9 +52,6 @@ SWEEP = "growth_table"
 BUDGET_FREE = ("large", "small", "small-tm", "net2")
 NET2_SEED = 1000  # net 2 of seed s is seeded 1000 + s (net 1: s)
 GROWTH_POINTS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-# HOOK (issue 11): the summary row of the pipeline's recalibrate-bn stage (not on this branch yet);
-# rename here if the stage gets another name.
-RECALIBRATED = "recalibrated"
 TABLE4_INITS = ("orthogonal", "random", "copy", "zero")
 TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "table1": ("Method", [("Large", "large"), ("Large Match", "large-match"), ("Small", "small"),
@@ -195,6 +192,7 @@ def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> di
     import torch
 
     rows = {r["stage"]: r for r in summary["rows"]}
+    growth = summary.get("at_growth") or {"fused_top1": None, "recalibrated_top1": None}  # the pipeline's own
     last = rows.get("final") or rows["scratch"]
     ledger = json.loads((Path(summary["out_dir"]) / "pipeline.json").read_text())
     curve = []
@@ -209,9 +207,7 @@ def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> di
             "budget": arm.budget,
             "recipe_sha256": identity(arm), "recipe": arm.recipe,
             "top1": last["top1"], "flops_norm": last["flops_norm"], "reference_flops": summary["reference_flops"],
-            "at_growth_top1": rows["grown"]["top1"] if "grown" in rows else None,
-            # HOOK (issue 11): the fused net's top-1 after recalibrate-bn, once the pipeline has that stage
-            "at_growth_recalibrated_top1": rows[RECALIBRATED]["top1"] if RECALIBRATED in rows else None,
+            "at_growth_top1": growth["fused_top1"], "at_growth_recalibrated_top1": growth["recalibrated_top1"],
             "arch": last["arch_full"], "data": summary["data"], "eval_test_set": summary["eval_test_set"],
             "curve": curve, "command": command, "machine": machine(), "torch": torch.__version__,
             "wall_s": sum(e.get("wall_s", 0.0) for e in ledger["stages"].values())}

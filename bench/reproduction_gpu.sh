@@ -19,7 +19,7 @@
 # Rebuild here: tar xzf reproduction_gpu.tar.gz -C bench/results/reproduction && \
 #   python bench/reproduction_sweep.py --report
 set -uo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/gpu_env.sh"  # repo root, PYTHONPATH, fvcore from .whl/
 limit=${LIMIT_S:-500}  # the sweep's share of the 10 minutes; the rest is start-up, report and copying
 data=""
 for d in "${DATA_DIR:-}" /usr/share/datasets/fashion-mnist .data/fashion-mnist; do
@@ -29,10 +29,10 @@ done
 log=${OUT:-runs}/reproduction_gpu.log
 mkdir -p "$(dirname "$log")"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-timeout "$limit" python bench/reproduction_sweep.py --part gpu --device cuda --threads 0 --data-dir "$data" \
+timeout "$limit" $PY bench/reproduction_sweep.py --part gpu --device cuda --threads 0 --data-dir "$data" \
   ${INIT_SCALE:+--init-scale "$INIT_SCALE"} ${PROTOCOL:+--protocol "$PROTOCOL"} 2>&1 | tee "$log"
 echo "sweep exit status: ${PIPESTATUS[0]} (124: stopped at ${limit} s; finished arms are kept)" | tee -a "$log"
-python bench/reproduction_sweep.py --report >/dev/null 2>>"$log" || true
+$PY bench/reproduction_sweep.py --report >/dev/null 2>>"$log" || true
 if [ -n "${OUT:-}" ]; then
   [ -d bench/results/reproduction/gpu ] && tar czf "$OUT/reproduction_gpu.tar.gz" -C bench/results/reproduction gpu
   cp bench/results/reproduction/tables.md "$OUT/" 2>/dev/null || true

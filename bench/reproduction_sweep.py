@@ -9,9 +9,11 @@ The arms of PLAN.md, as recipes on the sweep machinery of bench/growth_table.py 
 writes one JSON into bench/results/reproduction/<setting>/. ``--report`` rebuilds
 bench/results/reproduction/tables.md (for docs/RESULTS.md) and fig3b.png from those files alone.
 
-Settings: ``primary`` (WRN-10 x0.125, stem 2 -> x0.25, stem 4), ``secondary`` (x0.25 -> x0.5,
-Table 1 rows only) and ``gpu`` (WRN-16 x2 -> x4, bench/reproduction_gpu.sh); all on the full
-Fashion-MNIST, 15 epochs, batch 128, growth at 0.45X with net 1 given.
+Settings: ``primary`` (WRN-10 x0.125, stem 2 -> x0.25, stem 4; 30 epochs since PLAN.md's
+amendment 2), ``secondary`` (x0.25 -> x0.5, Table 1 rows only; the primary's epochs) and ``gpu``
+(WRN-16 x2 -> x4, 15 epochs, bench/reproduction_gpu.sh); all on the full Fashion-MNIST, batch 128,
+growth at 0.45X with net 1 given. ``primary-e15`` holds the 15-epoch pilot that amendment 2
+superseded: reported, never run again.
 
 Init S's scale s* and the protocol P* are the demo defaults of the growth-protocol issue,
 read from one place: ``mgtool.demo.INIT_SCALE`` and ``mgtool.demo.PROTOCOL``
@@ -38,14 +40,15 @@ NAME = "reproduction"
 ROOT = gt.ROOT
 BUDGET = 0.45  # the paper's CIFAR budget, net 1 given
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
-# setting -> (depth, small widen factor); the stem is 16 x widen, the large net twice as wide
-SETTINGS = {"primary": (10, 0.125), "secondary": (10, 0.25), "gpu": (16, 2.0)}
+# setting -> (depth, small widen factor, epochs); the stem is 16 x widen, the large net twice as wide.
+# Each setting has its own results folder, so results of different epochs never mix.
+SETTINGS = {"primary": (10, 0.125, 30), "secondary": (10, 0.25, 30), "gpu": (16, 2.0, 15),
+            "primary-e15": (10, 0.125, 15)}
+SUPERSEDED = {"primary-e15": "PLAN.md amendment 2: no-go at 15 epochs; the primary setting moved to 30"}
 PROTOCOLS = {"A": "authors", "B": "complete lr 0.1 cosine"}
 PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values and mgtool.demo.PROTOCOL values
-# HOOK (issue 11): the recipe section that recalibrates BatchNorm on 2,048 training images after
-# fusion, once `mgtool run` has it (the "pipeline" helper's `recalibrate:`). Set it here, e.g.
-# {"images": 2048}; growth arms then carry it and the report fills "at growth, recalibrated".
-RECALIBRATE_SECTION: dict[str, Any] | None = {"samples": 2048}  # PLAN.md: accuracy at growth both ways
+# PLAN.md amendment 1: every growth arm recalibrates BatchNorm on 2,048 training images after fusion
+RECALIBRATE_SECTION: dict[str, Any] | None = {"samples": 2048}
 
 TABLE1 = [("Large (plain, 1.0X)", "large"), ("Large Match (plain, 0.45X)", "large-match"),
           ("Small (plain)", "small"), ("Small Match (plain, 0.45X)", "small-match"),
@@ -99,9 +102,9 @@ def demo_choices(init_scale: float | None = None, protocol: str | None = None) -
 def base_recipe(setting: str, data_dir: str, device: str, threads: int) -> dict[str, Any]:
     """PLAN.md's setting as a base recipe (gt.default_base: full training and test sets, BN
     before blocks only, every accuracy on the full test set)."""
-    depth, width = SETTINGS[setting]
+    depth, width, epochs = SETTINGS[setting]
     args = argparse.Namespace(small_width=width, train_size=0, eval_size=0, data_dir=data_dir, depth=depth,
-                              epochs=15, batch_size=128, lr=0.1, device=device, threads=threads)
+                              epochs=epochs, batch_size=128, lr=0.1, device=device, threads=threads)
     return {**gt.default_base(args), "name": NAME}
 
 
@@ -304,11 +307,14 @@ def report(root: Path) -> str:
     for setting, grouped in settings.items():
         if not grouped:
             continue
-        depth, width = SETTINGS[setting]
+        depth, width, epochs = SETTINGS[setting]
         mg = mg_key(grouped)
-        texts.append(f"## {setting}: WRN-{depth} x{width:g} -> x{2 * width:g}, full Fashion-MNIST, 15 epochs, "
+        texts.append(f"## {setting}: WRN-{depth} x{width:g} -> x{2 * width:g}, full Fashion-MNIST, {epochs} epochs, "
                      f"growth at {BUDGET:g}X (net 1 given)\n")
         texts.append(f"### Pilot\n\n{pilot_markdown(grouped)}\n")
+        if setting in SUPERSEDED:
+            texts.append(f"Superseded ({SUPERSEDED[setting]}).\n")
+            continue
         texts.append(f"### Table 1\n\n{table('Method', TABLE1, grouped)}\n\n{paired_markdown(grouped, mg)}\n")
         t4 = [("orthogonal", mg)] + [(init, f"t4-{init}") for init in TABLE4_INITS[1:]]
         texts.append(f"### Table 4 (init S's scale, P* = {mg[-1]})\n\n{table('Coefficient init', t4, grouped)}\n")

@@ -61,7 +61,9 @@ def test_every_plan_arm_is_a_recipe_with_the_plan_settings(tmp_path: Path) -> No
     assert base["arch"]["width"] == 0.125 and base["arch"]["options"] == {"depth": 10, "norm": "block-input",
                                                                          "stem_width": 2}
     assert "subset" not in base["data"] and base["eval"]["test_set"] == "full"
-    assert base["finetune"]["train"] == {"epochs": 15, "batch_size": 128, "lr": 0.1}
+    assert base["finetune"]["train"] == {"epochs": 30, "batch_size": 128, "lr": 0.1}  # PLAN.md amendment 2
+    assert rs.base_recipe("gpu", "/data", "cpu", 1)["finetune"]["train"]["epochs"] == 15
+    assert rs.base_recipe("primary-e15", "/data", "cpu", 1)["finetune"]["train"]["epochs"] == 15
     assert rs.base_recipe("secondary", "/data", "cpu", 1)["arch"]["options"]["stem_width"] == 4
     keys = rs.part_keys("table1", choices) + rs.part_keys("table4", choices) + rs.part_keys("table2", choices)
     arms = rs.arms_for(base, keys, [0, 1, 2], tmp_path, choices)
@@ -72,8 +74,8 @@ def test_every_plan_arm_is_a_recipe_with_the_plan_settings(tmp_path: Path) -> No
     assert order == sorted(order)  # the nets grown come before the arms that grow them
     a = by["random-A-b0.45-s1"].recipe
     assert a["method"] == "random" and a["finetune"]["flops_norm"] == 0.45
-    assert a["finetune"]["train"] == {"epochs": 15, "batch_size": 128, "protocol": "authors"}  # no lr of ours
-    assert by["net2net-B-b0.45-s0"].recipe["finetune"]["train"] == {"epochs": 15, "batch_size": 128, "lr": 0.1,
+    assert a["finetune"]["train"] == {"epochs": 30, "batch_size": 128, "protocol": "authors"}  # no lr of ours
+    assert by["net2net-B-b0.45-s0"].recipe["finetune"]["train"] == {"epochs": 30, "batch_size": 128, "lr": 0.1,
                                                                    "coef_weight_decay": 0.0}
     assert by["mg-L-A-b0.45-s0"].recipe["fuse"] == {"init": "orthogonal", "init_norm": "unit", "seed": 0}
     assert by["mg-S-B-b0.45-s2"].recipe["fuse"] == {"init": "orthogonal", "init_scale": 0.25, "seed": 2}
@@ -166,6 +168,15 @@ def test_pilot_rule_and_paired_comparison(tmp_path: Path) -> None:
            "**no-go**." in rs.report(tmp_path)
 
 
+def test_a_superseded_setting_reports_its_pilot_only(tmp_path: Path) -> None:
+    write(tmp_path / "primary-e15", [fake("small", 0, 0.835), fake("mg-S-A", 0, 0.80, protocol="authors")])
+    write(tmp_path / "primary", [fake("small", 0, 0.85)])
+    text = rs.report(tmp_path)
+    assert "## primary: WRN-10 x0.125 -> x0.25, full Fashion-MNIST, 30 epochs" in text
+    old = text[text.index("## primary-e15: WRN-10 x0.125 -> x0.25, full Fashion-MNIST, 15 epochs"):]
+    assert "Superseded (PLAN.md amendment 2" in old and "### Table 1" not in old and "| small | 83.50" in old
+
+
 def test_report_without_results_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert rs.main(["--report", "--results", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith(f"error: {tmp_path}: no result files of the reproduction sweep")
@@ -193,7 +204,10 @@ def test_each_finished_arm_writes_one_result_file(ran) -> None:
     summary = json.loads((root / "runs" / "nofusion-untrained-b0.45-s0" / "summary.json").read_text())
     rows = {r["stage"]: r for r in summary["rows"]}
     assert rows["net2"]["flops_charged"] == 0  # the authors' w/o fusion: net 2 never trained
-    assert untrained["at_growth_top1"] is not None and untrained["at_growth_recalibrated_top1"] is None
+    growth = summary["at_growth"]  # the result file carries the pipeline's accuracy at growth, both ways
+    assert growth["recalibrated_top1"] is not None and summary["rows"][-1]["stage"] == "final"
+    assert (untrained["at_growth_top1"], untrained["at_growth_recalibrated_top1"]) == \
+        (growth["fused_top1"], growth["recalibrated_top1"])
     assert untrained["recipe"]["finetune"]["train"]["protocol"] == "authors"
 
 
