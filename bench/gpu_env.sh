@@ -5,6 +5,7 @@
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+[ -d /tmp/site/fvcore ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"  # installed by an earlier call
 if ! $PY -c "import fvcore" 2>/dev/null && ls .whl/* >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/* \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"

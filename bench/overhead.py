@@ -46,7 +46,7 @@ class EinsumMixingNet(TemplateMixingNet):
     autograd through the einsum, no cache. Kept as a reference only."""
 
     def generate_weights(self) -> None:
-        for bank, row_sets, modules in self._groups:
+        for bank, row_sets, _, modules in self._groups:
             coefs = torch.stack([m.coefficients for m in modules])
             t = row_templates(self.banks[bank], row_sets)
             layers, rows, cols = coefs.shape[:3]

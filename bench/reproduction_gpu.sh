@@ -4,7 +4,7 @@
 #
 # Setting: WRN-16 x2 (32-channel stem, BN before blocks only) -> WRN-16 x4, all 60,000 training and 10,000 test
 # images of Fashion-MNIST, 15 epochs, batch 128, lr 0.1 cosine; growth at 0.45X with net 1 given.
-# What fits (seed 0 only; `--part gpu` of bench/reproduction_sweep.py): net 1 and net 2 (template mixing),
+# What fits (seed 0, or SEEDS=1 / SEEDS=2; `--part gpu` of bench/reproduction_sweep.py): net 1 and net 2 (template mixing),
 # MixtureGrowth (init S, protocol P*), Random (P*), Net2Net (P*), w/o fusion (net 1's templates reused, P*),
 # then the pilot (Small, Small Match, Large) and Large Match, in that order, so that a run stopped by the time
 # limit keeps the growth arms. Left out: seeds 1 and 2, the other protocol, init L, the authors' w/o fusion,
@@ -30,7 +30,7 @@ log=${OUT:-runs}/reproduction_gpu.log
 mkdir -p "$(dirname "$log")"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 timeout "$limit" $PY bench/reproduction_sweep.py --part gpu --device cuda --threads 0 --data-dir "$data" \
-  ${INIT_SCALE:+--init-scale "$INIT_SCALE"} ${PROTOCOL:+--protocol "$PROTOCOL"} 2>&1 | tee "$log"
+  ${SEEDS:+--seeds "$SEEDS"} ${INIT_SCALE:+--init-scale "$INIT_SCALE"} ${PROTOCOL:+--protocol "$PROTOCOL"} 2>&1 | tee "$log"
 echo "sweep exit status: ${PIPESTATUS[0]} (124: stopped at ${limit} s; finished arms are kept)" | tee -a "$log"
 $PY bench/reproduction_sweep.py --report >/dev/null 2>>"$log" || true
 if [ -n "${OUT:-}" ]; then

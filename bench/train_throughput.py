@@ -138,6 +138,8 @@ def main() -> int:
     a = p.parse_args()
     if a.loaders_only and a.smoke:
         p.error("--loaders-only and --smoke do not go together")
+    if a.loader_samples < a.batch_size:
+        p.error(f"--loader-samples must be at least --batch-size ({a.batch_size}): the loader rows time whole batches")
     if a.smoke:
         a.device, a.batch_size, a.steps, a.warmup, a.compile, a.loader_samples, a.workers = \
             "cpu", 8, 2, 1, "off", 128, 0

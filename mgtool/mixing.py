@@ -7,7 +7,7 @@ coefficients of shape ``(rows, cols, M*K)`` (``M`` sets per row) the weight is
 
     W[r*o:(r+1)*o, c*i:(c+1)*i] = sum_k coefs[r, c, k] * T_row(r)[k]
 
-produced by one matrix product per bank group (``_Mix``). A small network is the 1x1 grid.
+produced by one matrix product per bank group (``mix_layers``). A small network is the 1x1 grid.
 """
 
 from __future__ import annotations
@@ -47,24 +47,31 @@ def mix(bank: Tensor, coefficients: Tensor, row_sets: RowSets, row_interleave: i
     and lists part 0 of every tile row, then part 1, ...: a fused qkv's tile rows
     ``[q_0 k_0 v_0 | q_1 k_1 v_1]`` become timm's ``[q_0 q_1 | k_0 k_1 | v_0 v_1]`` (p = 3).
 
-    ``coefficients`` may carry a leading layer dimension ``(L, rows, cols, K)`` for layers
-    that share the bank and the grid: then one product makes all L weights, ``(L, *weight)``,
-    and the backward pass writes the bank's gradient once instead of once per layer.
+    ``coefficients`` may carry a leading layer dimension ``(L, rows, cols, K)``: the result
+    is then ``(L, *weight)`` (stacked, a copy; models use ``mix_layers``, which is not).
     """
+    if coefficients.dim() == 4:
+        return torch.stack(mix_layers(bank, coefficients.unbind(0), row_sets, row_interleave))
+    return mix_layers(bank, (coefficients,), row_sets, row_interleave)[0]
+
+
+def mix_layers(bank: Tensor, coefficients: Sequence[Tensor], row_sets: RowSets,
+               row_interleave: int = 1) -> tuple[Tensor, ...]:
+    """The weights of layers that share a bank and a grid, from their coefficients
+    ``(rows, cols, K)`` each: one matrix product makes all of them, and the backward pass
+    writes the bank's gradient once, not once per layer."""
     templates = row_templates(bank, row_sets)
-    batched = coefficients.dim() == 4
-    coefs = coefficients if batched else coefficients.unsqueeze(0)
-    layers, rows, cols = coefs.shape[:3]
+    rows, cols = coefficients[0].shape[:2]
     out_t, in_t, *rest = templates.shape[2:]
     if torch.jit.is_tracing():  # FLOP counters trace the model; they see an einsum, not a Python op
-        weight = torch.einsum("lrck,rkoi...->lroci...", coefs, templates)
-        weight = weight.reshape(layers, rows * out_t, cols * in_t, *rest)
+        weight = torch.einsum("lrck,rkoi...->lroci...", torch.stack(tuple(coefficients)), templates)
+        weights = tuple(weight.reshape(len(coefficients), rows * out_t, cols * in_t, *rest).unbind(0))
     else:
-        weight = _Mix.apply(templates, coefs)
+        weights = _Mix.apply(templates, *coefficients)
     if row_interleave > 1:
-        weight = weight.unflatten(1, (rows, row_interleave, out_t // row_interleave)).transpose(1, 2)
-        weight = weight.reshape(layers, rows * out_t, cols * in_t, *rest)
-    return weight if batched else weight[0]
+        weights = tuple(w.unflatten(0, (rows, row_interleave, out_t // row_interleave)).transpose(0, 1)
+                        .reshape(rows * out_t, cols * in_t, *rest) for w in weights)
+    return weights
 
 
 # The coefficient gradient is a product with a tiny output ``(L*cols, K)`` and a long
@@ -75,55 +82,55 @@ REDUCTION_CHUNK: int | None = None
 
 
 class _Mix(torch.autograd.Function):
-    """``W[l, r*o, c*i] = sum_k C[l, r, c, k] T[r, k, o, i]`` as one (batched) matrix product.
+    """``W_l[r*o, c*i] = sum_k C_l[r, c, k] T[r, k, o, i]`` for each layer l, as one (batched)
+    matrix product.
 
-    Forward and backward are each one ``bmm`` per direction (``mm`` for 1x1 grids, whose
-    weights are then views of the product, no copy). ``torch.einsum`` computes the same
-    product but, for these shapes, permutes its operands into slower kernels. Runs in the
-    templates' dtype with autocast off: generated weights are the fp32 values a plain
-    model's weights would be, and the layer's own autocast casts them as it casts a plain
-    weight.
+    One output per layer, so that each layer's weight gradient arrives on its own: a single
+    ``(L, *weight)`` output split into per-layer views would make autograd scatter every
+    layer's gradient into a zero tensor of all L weights and add them up (about 14 weight-sized
+    memory passes per group on the CPU). Forward and backward are each one ``bmm`` per
+    direction; for 1x1 grids the weights are views of the product, no copy. ``torch.einsum``
+    computes the same product but, for these shapes, permutes its operands into slower
+    kernels. Runs in the templates' dtype with autocast off: generated weights are the fp32
+    values a plain model's weights would be, and the layer's own autocast casts them as it
+    casts a plain weight.
     """
 
     @staticmethod
-    def forward(ctx, templates: Tensor, coefs: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, templates: Tensor, *coefs: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         with torch.autocast(templates.device.type, enabled=False):
             rows, k, out_t, in_t, *rest = templates.shape
-            layers, _, cols, _ = coefs.shape
+            layers, cols = len(coefs), coefs[0].shape[1]
             flat_t = templates.reshape(rows, k, -1)
-            flat_c = coefs.to(templates.dtype).transpose(0, 1).reshape(rows, layers * cols, k)
-            product = torch.bmm(flat_c, flat_t)  # (rows, L*cols, o*i*rest)
+            flat_c = torch.stack(coefs).to(templates.dtype).transpose(0, 1).reshape(rows, layers * cols, k)
+            product = torch.bmm(flat_c, flat_t).view(rows, layers, cols, out_t, in_t, *rest)
             if rows == 1 and cols == 1:
-                weight = product.view(layers, out_t, in_t, *rest)
+                weights = tuple(product[0, :, 0].unbind(0))
             else:
-                weight = (product.view(rows, layers, cols, out_t, in_t, *rest)
-                          .transpose(0, 1).transpose(2, 3)
-                          .reshape(layers, rows * out_t, cols * in_t, *rest))
+                weights = tuple(product[:, l].transpose(1, 2).reshape(rows * out_t, cols * in_t, *rest)
+                                for l in range(layers))
         ctx.save_for_backward(flat_t, flat_c)
         ctx.grid = (rows, cols, layers, out_t, in_t, tuple(rest))
-        ctx.coef_dtype = coefs.dtype
-        return weight
+        ctx.coef_dtype = coefs[0].dtype
+        return weights
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         flat_t, flat_c = ctx.saved_tensors
         rows, cols, layers, out_t, in_t, rest = ctx.grid
-        need_t, need_c = ctx.needs_input_grad[:2]
+        need_t, need_c = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
         with torch.autocast(flat_t.device.type, enabled=False):
-            grad = grad.to(flat_t.dtype)
-            if rows == 1 and cols == 1:
-                flat_g = grad.reshape(1, layers, -1)
-            else:
-                flat_g = (grad.reshape(layers, rows, out_t, cols, in_t, *rest)
-                          .transpose(0, 1).transpose(2, 3).reshape(rows, layers * cols, -1))
+            per_layer = [g.to(flat_t.dtype).reshape(rows, out_t, cols, in_t, *rest).transpose(1, 2)
+                         .reshape(rows, cols, -1) for g in grads]
+            flat_g = per_layer[0] if layers == 1 else torch.stack(per_layer, 1).view(rows, layers * cols, -1)
             grad_t = grad_c = None
             if need_t:
                 grad_t = torch.bmm(flat_c.transpose(1, 2), flat_g).view(rows, -1, out_t, in_t, *rest)
             if need_c:
                 chunk = REDUCTION_CHUNK if flat_g.is_cuda else None
                 grad_c = reduce_product(flat_g, flat_t, chunk)  # (rows, L*cols, K)
-                grad_c = grad_c.view(rows, layers, cols, -1).transpose(0, 1).to(ctx.coef_dtype)
-        return grad_t, grad_c
+                grad_c = grad_c.view(rows, layers, cols, -1).transpose(0, 1).to(ctx.coef_dtype).unbind(0)
+        return (grad_t, *(grad_c if grad_c is not None else (None,) * layers))
 
 
 def reduce_product(a: Tensor, b: Tensor, chunk: int | None = None) -> Tensor:
