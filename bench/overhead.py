@@ -4,7 +4,8 @@ Training mode: one step = forward + backward + SGD step (momentum 0.9). Eval mod
 (``--eval``): one forward under ``torch.no_grad`` in eval mode. For each case the plain
 model, mgtool's template-mixing model and, as references, mgtool's first einsum
 generation and the authors' broadcast formulation run interleaved in one process, round
-after round, so that load on a shared machine hits all alike. Each figure is the median
+after round (in reversed order every other round), so that load on a shared machine hits all
+alike and no model always runs first. Each figure is the median
 over rounds of the per-round ratio to the plain model, measured on two clocks: process
 CPU time (robust when other jobs share the cores) and wall time.
 
@@ -131,8 +132,8 @@ def run_case(name: str, batch: int | None, rounds: int, warmup: int, mode: str, 
     cpu: dict[str, list[float]] = {k: [] for k in steps}
     wall: dict[str, list[float]] = {k: [] for k in steps}
     load_before = os.getloadavg()[0]
-    for _ in range(rounds):
-        for key, step in steps.items():
+    for r in range(rounds):  # the order alternates, so that no model always runs first (cache state)
+        for key, step in (list(steps.items()) if r % 2 == 0 else list(steps.items())[::-1]):
             c0, w0 = time.process_time(), time.perf_counter()
             step()
             cpu[key].append(time.process_time() - c0)
