@@ -32,7 +32,7 @@ from mgtool.data import data_config  # noqa: E402
 from mgtool.demo import find_fashion_mnist  # noqa: E402
 from mgtool.fuse import fuse  # noqa: E402
 from mgtool.recalibrate import recalibrate_bn  # noqa: E402
-from mgtool.subset import write_idx_subset  # noqa: E402
+from mgtool.subset import write_subset  # noqa: E402
 from mgtool.train import Runtime, evaluate_checkpoint, finetune, run_paths, train_config, train_small  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "demo_defaults"
@@ -57,7 +57,7 @@ class Bench:
         self.work, self.seed = work, seed
         folder = find_fashion_mnist(None, download=False)
         self.full = data_config("fashion-mnist", folder)
-        sub = write_idx_subset(self.full, work / "data", train_size=10000, test_size=1000, seed=0)
+        sub = write_subset(self.full, work / "data", train_size=10000, test_size=1000, seed=0)
         self.data = data_config("fashion-mnist", sub)
         self.rt = Runtime(device="cpu", quiet=True)
 

@@ -60,4 +60,3 @@ def write_subset(source: DataConfig, folder: Path | str, *, train_size: int, tes
     return folder
 
 
-write_idx_subset = write_subset  # the name pipeline.py and bench/growth_table.py import

@@ -66,7 +66,8 @@ def fuse_cmd(
         typer.Option(
             "--verify",
             help="Check that the grown net with its new tiles zeroed computes the sum "
-            "of the inputs' logits before writing.",
+            "of the inputs' logits before writing (CNN families; refused for several ViT inputs, "
+            "whose LayerNorm makes that untrue).",
         ),
     ] = False,
     allow_same: Annotated[bool, typer.Option(
@@ -78,8 +79,9 @@ def fuse_cmd(
 
     Tile (r, r) of every hidden layer is net r's layer, row r mixes from net r's
     templates, the off-diagonal tiles get new coefficients from --init; per-channel
-    tensors are concatenated and the classifier bias summed, so with --init zero the
-    grown net computes the sum of the nets' logits. One input grows it without fusion.
+    tensors are concatenated and the classifier bias summed, so with --init zero a grown
+    CNN computes the sum of the nets' logits (a ViT does not: LayerNorm normalises over
+    the joined width). One input grows it without fusion.
     --init-scale S sets every new tile's norm to S times the mean of its layer's diagonal
     tiles' norms; --json reports the realised ratio s (tile_ratio: median, min, max).
 
