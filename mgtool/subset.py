@@ -58,5 +58,3 @@ def write_subset(source: DataConfig, folder: Path | str, *, train_size: int, tes
         dataset.write_arrays(folder, split, Arrays(arrays.images[idx], arrays.labels[idx]))
     marker.write_text(json.dumps(request))
     return folder
-
-

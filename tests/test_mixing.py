@@ -125,3 +125,22 @@ def test_reduce_product_in_chunks_equals_one_product(n):
     want = a @ b.transpose(1, 2)
     assert_close(reduce_product(a, b, chunk=16), want, rtol=1e-12, atol=1e-12)
     assert_close(reduce_product(a, b), want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_template_mixing_net_traces_under_torch_compile():
+    """``--compile`` traces the generation's autograd Function (one output per layer of a bank
+    group); aot_eager checks the tracing without a C++ compiler."""
+    from mgtool.archs import ArchSpec, resolve_spec
+    from mgtool.templates import fresh_template_mixing
+
+    model = fresh_template_mixing(resolve_spec(ArchSpec("resnet18", 0.125, 10, 3, {})), seed=0).train()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    eager = model(x)
+    eager.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model, backend="aot_eager")(x)
+    compiled.square().sum().backward()
+    assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-5)
