@@ -12,6 +12,8 @@ produced by one matrix product per bank group (``mix_layers``). A small network 
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Sequence
 
 import torch
@@ -81,6 +83,13 @@ def mix_layers(bank: Tensor, coefficients: Sequence[Tensor], row_sets: RowSets,
 REDUCTION_CHUNK: int | None = None
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled, entered only where it is on (entering costs more than the small ops)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class _Mix(torch.autograd.Function):
     """``W_l[r*o, c*i] = sum_k C_l[r, c, k] T[r, k, o, i]`` for each layer l, as one (batched)
     matrix product.
@@ -98,11 +107,12 @@ class _Mix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, templates: Tensor, *coefs: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        with torch.autocast(templates.device.type, enabled=False):
+        with _autocast_off(templates.device.type):
             rows, k, out_t, in_t, *rest = templates.shape
             layers, cols = len(coefs), coefs[0].shape[1]
             flat_t = templates.reshape(rows, k, -1)
-            flat_c = torch.stack(coefs).to(templates.dtype).transpose(0, 1).reshape(rows, layers * cols, k)
+            stacked = coefs[0].unsqueeze(0) if layers == 1 else torch.stack(coefs)
+            flat_c = stacked.to(templates.dtype).transpose(0, 1).reshape(rows, layers * cols, k)
             product = torch.bmm(flat_c, flat_t).view(rows, layers, cols, out_t, in_t, *rest)
             if rows == 1 and cols == 1:
                 weights = tuple(product[0, :, 0].unbind(0))
@@ -119,7 +129,7 @@ class _Mix(torch.autograd.Function):
         flat_t, flat_c = ctx.saved_tensors
         rows, cols, layers, out_t, in_t, rest = ctx.grid
         need_t, need_c = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
-        with torch.autocast(flat_t.device.type, enabled=False):
+        with _autocast_off(flat_t.device.type):
             per_layer = [g.to(flat_t.dtype).reshape(rows, out_t, cols, in_t, *rest).transpose(1, 2)
                          .reshape(rows, cols, -1) for g in grads]
             flat_g = per_layer[0] if layers == 1 else torch.stack(per_layer, 1).view(rows, layers * cols, -1)
