@@ -286,6 +286,62 @@ def paired_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str) -> str:
             f"std {sd:.2f}, range {min(diffs):+.2f} to {max(diffs):+.2f} (seeds: {len(diffs)}).")
 
 
+def _by_seed(grouped: dict[str, list[dict[str, Any]]], key: str) -> dict[int, float]:
+    return {r["seed"]: r["top1"] for r in grouped.get(key, [])}
+
+
+def _best(grouped: dict[str, list[dict[str, Any]]], keys: tuple[str, ...]) -> str:
+    """The key with the higher mean top-1 (a baseline at its better protocol); the first if none ran."""
+    ran = [k for k in keys if grouped.get(k)]
+    return max(ran, key=lambda k: (statistics.fmean(r["top1"] for r in grouped[k]), k)) if ran else keys[0]
+
+
+def _paired(grouped: dict[str, list[dict[str, Any]]], a: str, b: str, strict: bool) -> tuple[str, bool | None]:
+    """``a > b`` (``>=`` unless strict) on the mean of per-seed differences, seeds both have."""
+    x, y = _by_seed(grouped, a), _by_seed(grouped, b)
+    seeds = sorted(x.keys() & y.keys())
+    if not seeds:
+        return "-", None
+    diffs = [100 * (x[s] - y[s]) for s in seeds]
+    mean = statistics.fmean(diffs)
+    agree = sum(d > 0 if strict else d >= 0 for d in diffs)
+    per = ", ".join(f"{d:+.2f}" for d in diffs)
+    return (f"{mean:+.2f} points (per seed {per}; {agree} of {len(seeds)} agree)",
+            mean > 0 if strict else mean >= 0)
+
+
+def _growth_trend(grouped: dict[str, list[dict[str, Any]]], mg: str) -> tuple[str, bool | None]:
+    """Table 2: least-squares slope of mean top-1 against the growth point, and point 1 vs point 0."""
+    keys = ["nofusion-untrained"] + [f"{mg}-p{p:g}" for p in GROWTH_POINTS] + [mg]
+    points = [0.0, *GROWTH_POINTS, 1.0]
+    if not all(grouped.get(k) for k in keys):
+        return "-", None
+    means = [100 * statistics.fmean(r["top1"] for r in grouped[k]) for k in keys]
+    xm, ym = statistics.fmean(points), statistics.fmean(means)
+    slope = sum((x - xm) * (y - ym) for x, y in zip(points, means)) / sum((x - xm) ** 2 for x in points)
+    shown = ", ".join(f"{p:g}: {m:.2f}" for p, m in zip(points, means))
+    return (f"slope {slope:+.2f} points per unit of growth point; means {shown}",
+            slope >= 0 and means[-1] >= means[0])
+
+
+def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str) -> str:
+    """The verdict's orderings, decided by PLAN.md's amendment 3."""
+    random, net2net = _best(grouped, ("random-A", "random-B")), _best(grouped, ("net2net-A", "net2net-B"))
+    rows = [("MixtureGrowth above Random", f"{mg} - {random}", _paired(grouped, mg, random, True)),
+            ("MixtureGrowth above Net2Net", f"{mg} - {net2net}", _paired(grouped, mg, net2net, True)),
+            ("fusion above w/o fusion (templates reused)", f"{mg} - nofusion-reuse",
+             _paired(grouped, mg, "nofusion-reuse", True)),
+            ("fusion above w/o fusion (untrained member)", f"{mg} - nofusion-untrained",
+             _paired(grouped, mg, "nofusion-untrained", True)),
+            ("orthogonal >= random", f"{mg} - t4-random", _paired(grouped, mg, "t4-random", False)),
+            ("random > copy", "t4-random - t4-copy", _paired(grouped, "t4-random", "t4-copy", True)),
+            ("late growth >= early growth", "Table 2, points 0 to 1", _growth_trend(grouped, mg))]
+    word = {True: "yes", False: "**no**", None: "not decided"}
+    lines = ["| ordering | comparison | figures | holds |", "|---|---|---|---|"]
+    lines += [f"| {name} | {what} | {figures} | {word[holds]} |" for name, what, (figures, holds) in rows]
+    return "\n".join(lines)
+
+
 def mg_key(grouped: dict[str, list[dict[str, Any]]]) -> str:
     """P*'s MixtureGrowth arm, as recorded in the result files (Table 4's orthogonal row)."""
     for r in grouped.get("t4-copy", []) + grouped.get("t4-random", []) + grouped.get("nofusion-reuse", []):
@@ -321,6 +377,7 @@ def report(root: Path) -> str:
         t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained")] + [
             (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
         texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n{table('Growth point', t2, grouped)}\n")
+        texts.append(f"### Orderings (PLAN.md amendment 3)\n\n{orderings_markdown(grouped, mg)}\n")
     text = "\n".join(texts)
     gt.atomic_write(root / "tables.md", lambda tmp: Path(tmp).write_text(text))
     primary = settings["primary"]

@@ -168,6 +168,30 @@ def test_pilot_rule_and_paired_comparison(tmp_path: Path) -> None:
            "**no-go**." in rs.report(tmp_path)
 
 
+def test_orderings_follow_amendment_3(tmp_path: Path) -> None:
+    mg = [fake("mg-S-B", s, t) for s, t in enumerate((0.85, 0.86, 0.84))]
+    write(tmp_path / "primary", [
+        *mg, *(fake("random-A", s, t, protocol="authors") for s, t in enumerate((0.80, 0.80, 0.80))),
+        *(fake("random-B", s, t) for s, t in enumerate((0.84, 0.85, 0.85))),  # the better protocol: compared
+        *(fake("net2net-B", s, t) for s, t in enumerate((0.86, 0.87, 0.85))),
+        fake("t4-random", 0, 0.85), fake("t4-copy", 0, 0.85),
+        fake("nofusion-untrained", 0, 0.80), fake("mg-S-B-p0.25", 0, 0.81), fake("mg-S-B-p0.5", 0, 0.83),
+        fake("mg-S-B-p0.75", 0, 0.84)])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in rs.report(tmp_path).splitlines()
+            if line.startswith("| ") and line.count(" | ") == 3}
+    # per seed +1, +1, -1 points against random-B (mean 0.85 > 0.80 of random-A)
+    assert rows["MixtureGrowth above Random"] == ("| MixtureGrowth above Random | mg-S-B - random-B | +0.33 points "
+                                                  "(per seed +1.00, +1.00, -1.00; 2 of 3 agree) | yes |")
+    assert rows["MixtureGrowth above Net2Net"].endswith("(per seed -1.00, -1.00, -1.00; 0 of 3 agree) | **no** |")
+    assert rows["fusion above w/o fusion (templates reused)"].endswith("| - | not decided |")
+    assert rows["orthogonal >= random"].endswith("+0.00 points (per seed +0.00; 1 of 1 agree) | yes |")
+    assert rows["random > copy"].endswith("(per seed +0.00; 0 of 1 agree) | **no** |")
+    # means 80, 81, 83, 84, 85 at points 0 ... 1: slope 5.2 points per unit
+    assert rows["late growth >= early growth"] == (
+        "| late growth >= early growth | Table 2, points 0 to 1 | slope +5.20 points per unit of growth point; "
+        "means 0: 80.00, 0.25: 81.00, 0.5: 83.00, 0.75: 84.00, 1: 85.00 | yes |")
+
+
 def test_a_superseded_setting_reports_its_pilot_only(tmp_path: Path) -> None:
     write(tmp_path / "primary-e15", [fake("small", 0, 0.835), fake("mg-S-A", 0, 0.80, protocol="authors")])
     write(tmp_path / "primary", [fake("small", 0, 0.85)])
