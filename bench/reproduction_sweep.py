@@ -9,11 +9,11 @@ The arms of PLAN.md, as recipes on the sweep machinery of bench/growth_table.py 
 writes one JSON into bench/results/reproduction/<setting>/. ``--report`` rebuilds
 bench/results/reproduction/tables.md (for docs/RESULTS.md) and fig3b.png from those files alone.
 
-Settings: ``primary`` (WRN-10 x0.125, stem 2 -> x0.25, stem 4; 30 epochs since PLAN.md's
-amendment 2), ``secondary`` (x0.25 -> x0.5, Table 1 rows only; the primary's epochs) and ``gpu``
+Settings: ``primary`` (WRN-10 x0.125, stem 2 -> x0.25, stem 4; 60 epochs since PLAN.md's
+amendments 2 and 4), ``secondary`` (x0.25 -> x0.5, Table 1 rows only; the primary's epochs) and ``gpu``
 (WRN-16 x2 -> x4, 15 epochs, bench/reproduction_gpu.sh); all on the full Fashion-MNIST, batch 128,
-growth at 0.45X with net 1 given. ``primary-e15`` holds the 15-epoch pilot that amendment 2
-superseded: reported, never run again.
+growth at 0.45X with net 1 given. ``primary-e15`` and ``primary-e30`` hold the pilots that
+amendments 2 and 4 superseded: reported, never run again.
 
 Init S's scale s* and the protocol P* are the demo defaults of the growth-protocol issue,
 read from one place: ``mgtool.demo.INIT_SCALE`` and ``mgtool.demo.PROTOCOL``
@@ -42,9 +42,10 @@ BUDGET = 0.45  # the paper's CIFAR budget, net 1 given
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 # setting -> (depth, small widen factor, epochs); the stem is 16 x widen, the large net twice as wide.
 # Each setting has its own results folder, so results of different epochs never mix.
-SETTINGS = {"primary": (10, 0.125, 30), "secondary": (10, 0.25, 30), "gpu": (16, 2.0, 15),
-            "primary-e15": (10, 0.125, 15)}
-SUPERSEDED = {"primary-e15": "PLAN.md amendment 2: no-go at 15 epochs; the primary setting moved to 30"}
+SETTINGS = {"primary": (10, 0.125, 60), "secondary": (10, 0.25, 60), "gpu": (16, 2.0, 15),
+            "primary-e30": (10, 0.125, 30), "primary-e15": (10, 0.125, 15)}
+SUPERSEDED = {"primary-e15": "PLAN.md amendment 2: no-go at 15 epochs; the primary setting moved to 30",
+              "primary-e30": "PLAN.md amendment 4: no-go at 30 epochs; the primary setting moved to 60"}
 PROTOCOLS = {"A": "authors", "B": "complete lr 0.1 cosine"}
 PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values and mgtool.demo.PROTOCOL values
 # PLAN.md amendment 1: every growth arm recalibrates BatchNorm on 2,048 training images after fusion

@@ -61,9 +61,10 @@ def test_every_plan_arm_is_a_recipe_with_the_plan_settings(tmp_path: Path) -> No
     assert base["arch"]["width"] == 0.125 and base["arch"]["options"] == {"depth": 10, "norm": "block-input",
                                                                          "stem_width": 2}
     assert "subset" not in base["data"] and base["eval"]["test_set"] == "full"
-    assert base["finetune"]["train"] == {"epochs": 30, "batch_size": 128, "lr": 0.1}  # PLAN.md amendment 2
+    assert base["finetune"]["train"] == {"epochs": 60, "batch_size": 128, "lr": 0.1}  # PLAN.md amendments 2, 4
     assert rs.base_recipe("gpu", "/data", "cpu", 1)["finetune"]["train"]["epochs"] == 15
     assert rs.base_recipe("primary-e15", "/data", "cpu", 1)["finetune"]["train"]["epochs"] == 15
+    assert rs.base_recipe("primary-e30", "/data", "cpu", 1)["finetune"]["train"]["epochs"] == 30
     assert rs.base_recipe("secondary", "/data", "cpu", 1)["arch"]["options"]["stem_width"] == 4
     keys = rs.part_keys("table1", choices) + rs.part_keys("table4", choices) + rs.part_keys("table2", choices)
     arms = rs.arms_for(base, keys, [0, 1, 2], tmp_path, choices)
@@ -74,8 +75,8 @@ def test_every_plan_arm_is_a_recipe_with_the_plan_settings(tmp_path: Path) -> No
     assert order == sorted(order)  # the nets grown come before the arms that grow them
     a = by["random-A-b0.45-s1"].recipe
     assert a["method"] == "random" and a["finetune"]["flops_norm"] == 0.45
-    assert a["finetune"]["train"] == {"epochs": 30, "batch_size": 128, "protocol": "authors"}  # no lr of ours
-    assert by["net2net-B-b0.45-s0"].recipe["finetune"]["train"] == {"epochs": 30, "batch_size": 128, "lr": 0.1,
+    assert a["finetune"]["train"] == {"epochs": 60, "batch_size": 128, "protocol": "authors"}  # no lr of ours
+    assert by["net2net-B-b0.45-s0"].recipe["finetune"]["train"] == {"epochs": 60, "batch_size": 128, "lr": 0.1,
                                                                    "coef_weight_decay": 0.0}
     assert by["mg-L-A-b0.45-s0"].recipe["fuse"] == {"init": "orthogonal", "init_norm": "unit", "seed": 0}
     assert by["mg-S-B-b0.45-s2"].recipe["fuse"] == {"init": "orthogonal", "init_scale": 0.25, "seed": 2}
@@ -196,7 +197,7 @@ def test_a_superseded_setting_reports_its_pilot_only(tmp_path: Path) -> None:
     write(tmp_path / "primary-e15", [fake("small", 0, 0.835), fake("mg-S-A", 0, 0.80, protocol="authors")])
     write(tmp_path / "primary", [fake("small", 0, 0.85)])
     text = rs.report(tmp_path)
-    assert "## primary: WRN-10 x0.125 -> x0.25, full Fashion-MNIST, 30 epochs" in text
+    assert "## primary: WRN-10 x0.125 -> x0.25, full Fashion-MNIST, 60 epochs" in text
     old = text[text.index("## primary-e15: WRN-10 x0.125 -> x0.25, full Fashion-MNIST, 15 epochs"):]
     assert "Superseded (PLAN.md amendment 2" in old and "### Table 1" not in old and "| small | 83.50" in old
 
