@@ -7,7 +7,7 @@
 # What fits (seed 0, or SEEDS=1 / SEEDS=2; `--part gpu` of bench/reproduction_sweep.py): net 1 and net 2 (template mixing),
 # MixtureGrowth (init S, protocol P*), Random (P*), Net2Net (P*), w/o fusion (net 1's templates reused, P*),
 # then the pilot (Small, Small Match, Large) and Large Match, in that order, so that a run stopped by the time
-# limit keeps the growth arms. Left out: seeds 1 and 2, the other protocol, init L, the authors' w/o fusion,
+# limit keeps the growth arms. Left out (each call): the other seeds, the other protocol, init L, the authors' w/o fusion,
 # the template-mixing Large rows, Tables 4 and 2.
 #
 # Needs: s* and P* (mgtool.demo.DEMO_INIT_SCALE / DEMO_PROTOCOL, or INIT_SCALE= / PROTOCOL=authors|lr0.1) and a

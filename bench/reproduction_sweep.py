@@ -216,11 +216,10 @@ def blocked(arm: gt.Arm) -> str | None:
 def best_baseline(results: Path) -> str:
     """The primary setting's best growth baseline (Random/Net2Net, either protocol) by mean top-1."""
     grouped = by_arm(results)
-    means = {k: statistics.fmean(r["top1"] for r in grouped[k]) for k in BASELINES if grouped.get(k)}
-    if not means:
+    if not any(grouped.get(k) for k in BASELINES):
         raise MgtoolError(f"{results}: no Random or Net2Net results yet; run --part table1 first (the secondary "
                           "setting runs the primary setting's best baseline)")
-    return max(means, key=lambda k: (means[k], k))
+    return _best(grouped, BASELINES)
 
 
 # ---------------------------------------------------------------------- report
@@ -271,12 +270,10 @@ def pilot_markdown(grouped: dict[str, list[dict[str, Any]]]) -> str:
 
 def paired_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str) -> str:
     """MixtureGrowth (init S, P*) - the best baseline by mean top-1, per seed both have."""
-    means = {k: statistics.fmean(r["top1"] for r in grouped[k]) for k in BASELINES if grouped.get(k)}
-    if not grouped.get(mg) or not means:
+    if not grouped.get(mg) or not any(grouped.get(k) for k in BASELINES):
         return f"Paired comparison: not yet ({mg} and at least one baseline need results)."
-    best = max(means, key=lambda k: (means[k], k))
-    a = {r["seed"]: r["top1"] for r in grouped[mg]}
-    b = {r["seed"]: r["top1"] for r in grouped[best]}
+    best = _best(grouped, BASELINES)
+    a, b = _by_seed(grouped, mg), _by_seed(grouped, best)
     seeds = sorted(a.keys() & b.keys())
     diffs = [100 * (a[s] - b[s]) for s in seeds]
     if not diffs:
