@@ -5,9 +5,9 @@ Times one training step (CUDA events, median of rounds) of:
 
 - ``plain``;
 - ``einsum-before``: the generation before issue 13 (one einsum per bank group);
-- ``mgtool``: the current generation (one matrix product per group, chunked coefficient
-  gradient);
-- ``mgtool-nochunk``: the same with the coefficient gradient as one matrix product;
+- ``mgtool``: the current generation (one matrix product per group and direction);
+- ``mgtool-chunked``: the same with the coefficient gradient's long reduction cut into batches
+  of ``CHUNK`` values (``mgtool.mixing.REDUCTION_CHUNK``; off by default since it measured slower);
 
 with SGD ``foreach`` (the CUDA default) and ``fused``; then weight generation alone
 (forward, forward + backward), and ``torch.profiler`` tables of the top CUDA kernels of the
@@ -21,11 +21,12 @@ with SGD ``foreach`` (the CUDA default) and ``fused``; then weight generation al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -63,24 +64,33 @@ class Timer:
         return (time.perf_counter() - t0) / steps
 
 
+CHUNK = 8192  # the chunk size measured before the chunked reduction was turned off
+
+
+@contextlib.contextmanager
+def chunked(chunk: int | None) -> Iterator[None]:
+    """``mgtool.mixing.REDUCTION_CHUNK`` set to ``chunk`` inside, restored after (None: as it is)."""
+    saved = mgtool.mixing.REDUCTION_CHUNK
+    mgtool.mixing.REDUCTION_CHUNK = saved if chunk is None else chunk
+    try:
+        yield
+    finally:
+        mgtool.mixing.REDUCTION_CHUNK = saved
+
+
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sgd: str, compiled: bool = False,
-              chunk: bool = True) -> Callable[[], None]:
+              chunk: int | None = None) -> Callable[[], None]:
     flags = {"fused": True} if sgd == "fused" else {"foreach": True} if x.is_cuda else {}
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4, **flags)
     run = torch.compile(model) if compiled else model
 
     def step() -> None:
-        saved = mgtool.mixing.REDUCTION_CHUNK
-        if not chunk:
-            mgtool.mixing.REDUCTION_CHUNK = 1 << 62
-        try:
+        with chunked(chunk):
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
                 loss = F.cross_entropy(run(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        finally:
-            mgtool.mixing.REDUCTION_CHUNK = saved
 
     return step
 
@@ -146,7 +156,7 @@ def main() -> int:
         variants[f"mgtool {sgd}"] = make_step(models["mgtool"], x, y, sgd, a.compile)
         if not a.compile:
             variants[f"einsum-before {sgd}"] = make_step(models["einsum-before"], x, y, sgd)
-            variants[f"mgtool-nochunk {sgd}"] = make_step(models["mgtool"], x, y, sgd, chunk=False)
+            variants[f"mgtool-chunked {sgd}"] = make_step(models["mgtool"], x, y, sgd, chunk=CHUNK)
     for key, fn in variants.items():
         t1 = time.perf_counter()
         timer(fn, 3 if a.compile else 6)  # warm-up: cudnn autotuning, compilation
@@ -166,8 +176,8 @@ def main() -> int:
     if not a.compile:
         log("\nweight generation alone (bf16 autocast), ms")
         grads = {}
-        for key in ("mgtool", "mgtool-nochunk", "einsum-before"):
-            model = models[key.split("-nochunk")[0]]
+        for key in ("mgtool", "mgtool-chunked", "einsum-before"):
+            model = models[key.split("-chunked")[0]]
             layers = [m for m, _, _ in model._mixed]
             params = list(model.parameters())
 
@@ -178,12 +188,9 @@ def main() -> int:
             def fwd_bwd(model=model, layers=layers, params=params, key=key) -> None:
                 for q in params:
                     q.grad = None
-                saved = mgtool.mixing.REDUCTION_CHUNK
-                if key.endswith("nochunk"):
-                    mgtool.mixing.REDUCTION_CHUNK = 1 << 62
-                fwd()
-                torch.autograd.backward([m.weight for m in layers], grads[key])
-                mgtool.mixing.REDUCTION_CHUNK = saved
+                with chunked(CHUNK if key.endswith("chunked") else None):
+                    fwd()
+                    torch.autograd.backward([m.weight for m in layers], grads[key])
 
             fwd()
             grads[key] = [torch.randn_like(m.weight) for m in layers]

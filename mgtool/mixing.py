@@ -13,7 +13,6 @@ produced by one matrix product per bank group (``mix_layers``). A small network 
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Sequence
 
 import torch
