@@ -46,6 +46,7 @@ import yaml  # noqa: E402
 from mgtool.checkpoint import atomic_write  # noqa: E402
 from mgtool.errors import MgtoolError  # noqa: E402
 from mgtool.recipe import recipe_from_dict  # noqa: E402
+from mgtool.run_summary import after_growth  # noqa: E402
 from mgtool.runner import FolderBusy, digest  # noqa: E402
 
 SWEEP = "growth_table"
@@ -195,14 +196,9 @@ def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> di
     growth = summary.get("at_growth") or {"fused_top1": None, "recalibrated_top1": None}  # the pipeline's own
     last = rows.get("final") or rows["scratch"]
     ledger = json.loads((Path(summary["out_dir"]) / "pipeline.json").read_text())
-    curve = []
     metrics = Path(summary["out_dir"]) / f"{'scratch' if last['stage'] == 'scratch' else 'finetuned'}.metrics.jsonl"
-    if metrics.exists():
-        lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-        end = lines[-1]["training_flops"] if lines else 0.0
-        for x in lines:  # FLOPs Norm after each epoch: the final charge less what was still to come
-            norm = (last["flops_charged"] - (end - x["training_flops"])) / summary["reference_flops"]
-            curve.append({"epoch": x["epoch"], "flops_norm": norm, "test_top1": x["test_top1"]})
+    curve = [{k: x[k] for k in ("epoch", "flops_norm", "test_top1")}
+             for x in after_growth(metrics, summary["reference_flops"], last["flops_charged"], start=None)]
     return {"sweep": sweep, "setting_sha256": arm.setting, "arm": arm.key, "id": arm.id, "seed": arm.seed,
             "budget": arm.budget,
             "recipe_sha256": identity(arm), "recipe": arm.recipe,
