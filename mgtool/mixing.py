@@ -116,8 +116,8 @@ class _Mix(torch.autograd.Function):
             if rows == 1 and cols == 1:
                 weights = tuple(product[0, :, 0].unbind(0))
             else:
-                weights = tuple(product[:, l].transpose(1, 2).reshape(rows * out_t, cols * in_t, *rest)
-                                for l in range(layers))
+                weights = tuple(w.transpose(1, 2).reshape(rows * out_t, cols * in_t, *rest)
+                                for w in product.unbind(1))
         ctx.save_for_backward(flat_t, flat_c)
         ctx.grid = (rows, cols, layers, out_t, in_t, tuple(rest))
         ctx.coef_dtype = coefs[0].dtype
