@@ -10,7 +10,7 @@ writes one JSON into bench/results/reproduction/<setting>/. ``--report`` rebuild
 bench/results/reproduction/tables.md (for docs/RESULTS.md) and fig3b.png from those files alone.
 
 Settings: ``primary`` (WRN-10 x0.125, stem 2 -> x0.25, stem 4; 60 epochs since PLAN.md's
-amendments 2 and 4), ``secondary`` (x0.25 -> x0.5, Table 1 rows only; the primary's epochs) and ``gpu``
+amendments 2 and 4), ``secondary`` (x0.25 -> x0.5, Table 1 rows only; 30 epochs, amendment 5) and ``gpu``
 (WRN-16 x2 -> x4, 15 epochs, bench/reproduction_gpu.sh); all on the full Fashion-MNIST, batch 128,
 growth at 0.45X with net 1 given. ``primary-e15`` and ``primary-e30`` hold the pilots that
 amendments 2 and 4 superseded: reported, never run again.
@@ -42,10 +42,12 @@ BUDGET = 0.45  # the paper's CIFAR budget, net 1 given
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 # setting -> (depth, small widen factor, epochs); the stem is 16 x widen, the large net twice as wide.
 # Each setting has its own results folder, so results of different epochs never mix.
-SETTINGS = {"primary": (10, 0.125, 60), "secondary": (10, 0.25, 60), "gpu": (16, 2.0, 15),
+SETTINGS = {"primary": (10, 0.125, 60), "secondary": (10, 0.25, 30), "gpu": (16, 2.0, 15),
             "primary-e30": (10, 0.125, 30), "primary-e15": (10, 0.125, 15)}
 SUPERSEDED = {"primary-e15": "PLAN.md amendment 2: no-go at 15 epochs; the primary setting moved to 30",
               "primary-e30": "PLAN.md amendment 4: no-go at 30 epochs; the primary setting moved to 60"}
+# PLAN.md amendment 5: in these settings the pilot's go is Large - Small Match >= 1.0 (and Large - Small >= 1.0)
+AMENDED_PILOT = ("primary",)
 PROTOCOLS = {"A": "authors", "B": "complete lr 0.1 cosine"}
 PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values and mgtool.demo.PROTOCOL values
 # PLAN.md amendment 1: every growth arm recalibrates BatchNorm on 2,048 training images after fusion
@@ -251,8 +253,8 @@ def table(title: str, rows: list[tuple[str, str]], grouped: dict[str, list[dict[
                                    for label, key in rows)
 
 
-def pilot_markdown(grouped: dict[str, list[dict[str, Any]]]) -> str:
-    """PLAN.md's go/no-go rule on seeds 0 and 1."""
+def pilot_markdown(grouped: dict[str, list[dict[str, Any]]], setting: str) -> str:
+    """PLAN.md's go/no-go rule on seeds 0 and 1; amendment 5's beside it where that applies."""
     mean = {k: [r["top1"] for r in grouped.get(k, []) if r["seed"] in (0, 1)]
             for k in ("small", "small-match", "large")}
     lines = ["| arm | seeds 0, 1: top-1 % (mean ± std) | runs |", "|---|---|---|"]
@@ -263,6 +265,11 @@ def pilot_markdown(grouped: dict[str, list[dict[str, Any]]]) -> str:
         go = match <= 0.3 and width >= 1.0
         lines.append(f"\nSmall Match - Small = {match:+.2f} points (go if <= 0.3); Large - Small = {width:+.2f} points "
                      f"(go if >= 1.0): **{'go' if go else 'no-go'}**.")
+        if setting in AMENDED_PILOT:
+            over = width - match
+            go = over >= 1.0 and width >= 1.0
+            lines.append(f"\nAmendment 5's rule for this setting: Large - Small Match = {over:+.2f} points (go if >= 1.0); "
+                         f"Large - Small = {width:+.2f} points (go if >= 1.0): **{'go' if go else 'no-go'}**.")
     else:
         lines.append("\nGo/no-go: not decided (the pilot needs both seeds of all three arms).")
     return "\n".join(lines)
@@ -323,7 +330,7 @@ def _growth_trend(grouped: dict[str, list[dict[str, Any]]], mg: str) -> tuple[st
 
 
 def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str) -> str:
-    """The verdict's orderings, decided by PLAN.md's amendment 3."""
+    """The verdict's orderings, decided by PLAN.md's amendment 3, and amendment 5's step-controlled line."""
     random, net2net = _best(grouped, ("random-A", "random-B")), _best(grouped, ("net2net-A", "net2net-B"))
     rows = [("MixtureGrowth above Random", f"{mg} - {random}", _paired(grouped, mg, random, True)),
             ("MixtureGrowth above Net2Net", f"{mg} - {net2net}", _paired(grouped, mg, net2net, True)),
@@ -333,7 +340,9 @@ def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str) -> str
              _paired(grouped, mg, "nofusion-untrained", True)),
             ("orthogonal >= random", f"{mg} - t4-random", _paired(grouped, mg, "t4-random", False)),
             ("random > copy", "t4-random - t4-copy", _paired(grouped, "t4-random", "t4-copy", True)),
-            ("late growth >= early growth", "Table 2, points 0 to 1", _growth_trend(grouped, mg))]
+            ("late growth >= early growth", "Table 2, points 0 to 1", _growth_trend(grouped, mg)),
+            ("MixtureGrowth above Small Match (informative)", f"{mg} - small-match",
+             _paired(grouped, mg, "small-match", True))]
     word = {True: "yes", False: "**no**", None: "not decided"}
     lines = ["| ordering | comparison | figures | holds |", "|---|---|---|---|"]
     lines += [f"| {name} | {what} | {figures} | {word[holds]} |" for name, what, (figures, holds) in rows]
@@ -365,7 +374,7 @@ def report(root: Path) -> str:
         mg = mg_key(grouped)
         texts.append(f"## {setting}: WRN-{depth} x{width:g} -> x{2 * width:g}, full Fashion-MNIST, {epochs} epochs, "
                      f"growth at {BUDGET:g}X (net 1 given)\n")
-        texts.append(f"### Pilot\n\n{pilot_markdown(grouped)}\n")
+        texts.append(f"### Pilot\n\n{pilot_markdown(grouped, setting)}\n")
         if setting in SUPERSEDED:
             texts.append(f"Superseded ({SUPERSEDED[setting]}).\n")
             continue
@@ -375,7 +384,7 @@ def report(root: Path) -> str:
         t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained")] + [
             (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
         texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n{table('Growth point', t2, grouped)}\n")
-        texts.append(f"### Orderings (PLAN.md amendment 3)\n\n{orderings_markdown(grouped, mg)}\n")
+        texts.append(f"### Orderings (PLAN.md amendments 3 and 5)\n\n{orderings_markdown(grouped, mg)}\n")
     text = "\n".join(texts)
     gt.atomic_write(root / "tables.md", lambda tmp: Path(tmp).write_text(text))
     primary = settings["primary"]

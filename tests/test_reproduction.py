@@ -158,6 +158,8 @@ def test_pilot_rule_and_paired_comparison(tmp_path: Path) -> None:
     text = rs.report(tmp_path)
     assert "Small Match - Small = +0.25 points (go if <= 0.3); Large - Small = +4.30 points (go if >= 1.0): " \
            "**go**." in text
+    assert "Amendment 5's rule for this setting: Large - Small Match = +4.05 points (go if >= 1.0); Large - Small = " \
+           "+4.30 points (go if >= 1.0): **go**." in text
     # per seed: +1, +2, +1 points; mean 1.33, sample std 0.58
     assert ("Paired comparison mg-S-A - random-B (best baseline by mean top-1), points: seed 0: +1.00, "
             "seed 1: +2.00, seed 2: +1.00; mean +1.33, std 0.58, range +1.00 to +2.00 (seeds: 3).") in text
@@ -165,7 +167,12 @@ def test_pilot_rule_and_paired_comparison(tmp_path: Path) -> None:
     assert "### Table 4 (init S's scale, P* = A)" in text and "| orthogonal | 81.00 ± 1.00 | 3 |" in text
     assert "## secondary" not in text
     write(tmp_path / "primary", [fake("small-match", 1, 0.856)])
+    text = rs.report(tmp_path)
     assert "Small Match - Small = +0.75 points (go if <= 0.3); Large - Small = +4.30 points (go if >= 1.0): " \
+           "**no-go**." in text
+    assert "Large - Small Match = +3.55 points (go if >= 1.0)" in text and text.count("**go**.") == 1
+    write(tmp_path / "primary", [fake("small-match", 0, 0.88), fake("small-match", 1, 0.88)])
+    assert "Large - Small Match = +0.60 points (go if >= 1.0); Large - Small = +4.30 points (go if >= 1.0): " \
            "**no-go**." in rs.report(tmp_path)
 
 
@@ -191,6 +198,13 @@ def test_orderings_follow_amendment_3(tmp_path: Path) -> None:
     assert rows["late growth >= early growth"] == (
         "| late growth >= early growth | Table 2, points 0 to 1 | slope +5.20 points per unit of growth point; "
         "means 0: 80.00, 0.25: 81.00, 0.5: 83.00, 0.75: 84.00, 1: 85.00 | yes |")
+    assert rows["MixtureGrowth above Small Match (informative)"].endswith("| - | not decided |")
+    write(tmp_path / "primary", [fake("small-match", 0, 0.845), fake("small-match", 1, 0.875)])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in rs.report(tmp_path).splitlines()
+            if line.startswith("| ") and line.count(" | ") == 3}
+    assert rows["MixtureGrowth above Small Match (informative)"] == (
+        "| MixtureGrowth above Small Match (informative) | mg-S-B - small-match | -0.50 points "
+        "(per seed +0.50, -1.50; 1 of 2 agree) | **no** |")
 
 
 def test_a_superseded_setting_reports_its_pilot_only(tmp_path: Path) -> None:
