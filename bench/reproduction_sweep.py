@@ -268,8 +268,9 @@ def pilot_markdown(grouped: dict[str, list[dict[str, Any]]], setting: str) -> st
         if setting in AMENDED_PILOT:
             over = width - match
             go = over >= 1.0 and width >= 1.0
-            lines.append(f"\nAmendment 5's rule for this setting: Large - Small Match = {over:+.2f} points (go if >= 1.0); "
-                         f"Large - Small = {width:+.2f} points (go if >= 1.0): **{'go' if go else 'no-go'}**.")
+            lines.append(f"\nAmendment 5's rule for this setting: Large - Small Match = {over:+.2f} points "
+                         f"(go if >= 1.0); Large - Small = {width:+.2f} points (go if >= 1.0): "
+                         f"**{'go' if go else 'no-go'}**.")
     else:
         lines.append("\nGo/no-go: not decided (the pilot needs both seeds of all three arms).")
     return "\n".join(lines)
