@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bash bench/reproduction_gpu.sh  -- issue 11's plan on one GPU (PLAN.md, "If a GPU is lent"), cut to what fits
-# one 10-minute device command. Prepared, NOT yet run: no GPU timing exists for it.
+# one 10-minute device command. Seed 0 ran on an H200 on 2026-11-27 (bench/reproduction/RUNNING.md has its times).
 #
 # Setting: WRN-16 x2 (32-channel stem, BN before blocks only) -> WRN-16 x4, all 60,000 training and 10,000 test
 # images of Fashion-MNIST, 15 epochs, batch 128, lr 0.1 cosine; growth at 0.45X with net 1 given.
@@ -10,8 +10,7 @@
 # limit keeps the growth arms. Left out (each call): the other seeds, the other protocol, init L, the authors' w/o fusion,
 # the template-mixing Large rows, Tables 4 and 2.
 #
-# Needs: s* and P* (mgtool.demo.DEMO_INIT_SCALE / DEMO_PROTOCOL, or INIT_SCALE= / PROTOCOL=authors|lr0.1) and a
-# recipe `fuse:` that takes init_scale (else the MixtureGrowth arm is listed as blocked and skipped).
+# s* and P* come from mgtool.demo.INIT_SCALE / PROTOCOL (override: INIT_SCALE= / PROTOCOL=authors|lr0.1).
 # Data: $DATA_DIR, else /usr/share/datasets/fashion-mnist, else .data/fashion-mnist in the working tree (copy
 # the four idx .gz files there, add `/.data/` to .git/info/exclude and name `.data` in the run's carry).
 # Results: one JSON per finished arm in bench/results/reproduction/gpu/; with $OUT set, that folder comes back

@@ -46,8 +46,9 @@ SETTINGS = {"primary": (10, 0.125, 60), "secondary": (10, 0.25, 30), "gpu": (16,
             "primary-e30": (10, 0.125, 30), "primary-e15": (10, 0.125, 15)}
 SUPERSEDED = {"primary-e15": "PLAN.md amendment 2: no-go at 15 epochs; the primary setting moved to 30",
               "primary-e30": "PLAN.md amendment 4: no-go at 30 epochs; the primary setting moved to 60"}
-# PLAN.md amendment 5: in these settings the pilot's go is Large - Small Match >= 1.0 (and Large - Small >= 1.0)
-AMENDED_PILOT = ("primary",)
+# PLAN.md amendments 5 and 6: in these settings the pilot's go is Large - Small Match >= 1.0 and Large - Small
+# >= 1.0; a setting whose pilot is no-go under it is reported, but its orderings are not counted in the verdict
+AMENDED_PILOT = ("primary", "secondary", "gpu")
 PROTOCOLS = {"A": "authors", "B": "complete lr 0.1 cosine"}
 PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values and mgtool.demo.PROTOCOL values
 # PLAN.md amendment 1: every growth arm recalibrates BatchNorm on 2,048 training images after fusion
@@ -253,26 +254,40 @@ def table(title: str, rows: list[tuple[str, str]], grouped: dict[str, list[dict[
                                    for label, key in rows)
 
 
-def pilot_markdown(grouped: dict[str, list[dict[str, Any]]], setting: str) -> str:
-    """PLAN.md's go/no-go rule on seeds 0 and 1; amendment 5's beside it where that applies."""
+def pilot_gaps(grouped: dict[str, list[dict[str, Any]]]) -> tuple[float, float] | None:
+    """(Small Match - Small, Large - Small) in points, means over seeds 0 and 1; None until all six ran."""
     mean = {k: [r["top1"] for r in grouped.get(k, []) if r["seed"] in (0, 1)]
             for k in ("small", "small-match", "large")}
+    if not all(len(v) == 2 for v in mean.values()):
+        return None
+    small = statistics.fmean(mean["small"])
+    return 100 * (statistics.fmean(mean["small-match"]) - small), 100 * (statistics.fmean(mean["large"]) - small)
+
+
+def amended_go(gaps: tuple[float, float]) -> bool:
+    """Amendment 5's rule: Large - Small Match >= 1.0 and Large - Small >= 1.0."""
+    match, width = gaps
+    return width - match >= 1.0 and width >= 1.0
+
+
+def pilot_markdown(grouped: dict[str, list[dict[str, Any]]], setting: str) -> str:
+    """PLAN.md's go/no-go rule on seeds 0 and 1; amendment 5's beside it where that applies."""
     lines = ["| arm | seeds 0, 1: top-1 % (mean ± std) | runs |", "|---|---|---|"]
-    lines += [f"| {k} | {gt.fmt(v)} | {len(v)} |" for k, v in mean.items()]
-    if all(len(v) == 2 for v in mean.values()):
-        match = 100 * (statistics.fmean(mean["small-match"]) - statistics.fmean(mean["small"]))
-        width = 100 * (statistics.fmean(mean["large"]) - statistics.fmean(mean["small"]))
-        go = match <= 0.3 and width >= 1.0
-        lines.append(f"\nSmall Match - Small = {match:+.2f} points (go if <= 0.3); Large - Small = {width:+.2f} points "
-                     f"(go if >= 1.0): **{'go' if go else 'no-go'}**.")
-        if setting in AMENDED_PILOT:
-            over = width - match
-            go = over >= 1.0 and width >= 1.0
-            lines.append(f"\nAmendment 5's rule for this setting: Large - Small Match = {over:+.2f} points "
-                         f"(go if >= 1.0); Large - Small = {width:+.2f} points (go if >= 1.0): "
-                         f"**{'go' if go else 'no-go'}**.")
-    else:
+    for k in ("small", "small-match", "large"):
+        v = [r["top1"] for r in grouped.get(k, []) if r["seed"] in (0, 1)]
+        lines.append(f"| {k} | {gt.fmt(v)} | {len(v)} |")
+    gaps = pilot_gaps(grouped)
+    if gaps is None:
         lines.append("\nGo/no-go: not decided (the pilot needs both seeds of all three arms).")
+        return "\n".join(lines)
+    match, width = gaps
+    go = match <= 0.3 and width >= 1.0
+    lines.append(f"\nSmall Match - Small = {match:+.2f} points (go if <= 0.3); Large - Small = {width:+.2f} points "
+                 f"(go if >= 1.0): **{'go' if go else 'no-go'}**.")
+    if setting in AMENDED_PILOT:
+        lines.append(f"\nAmendment 5's rule for this setting: Large - Small Match = {width - match:+.2f} points "
+                     f"(go if >= 1.0); Large - Small = {width:+.2f} points (go if >= 1.0): "
+                     f"**{'go' if amended_go(gaps) else 'no-go'}**.")
     return "\n".join(lines)
 
 
@@ -386,6 +401,10 @@ def report(root: Path) -> str:
             (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
         texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n{table('Growth point', t2, grouped)}\n")
         texts.append(f"### Orderings (PLAN.md amendments 3 and 5)\n\n{orderings_markdown(grouped, mg)}\n")
+        gaps = pilot_gaps(grouped)
+        if gaps is not None and not amended_go(gaps):
+            texts.append("Not counted in the verdict: this setting's pilot is no-go under amendment 5's rule "
+                         "(PLAN.md amendment 6: where width does not help, growth cannot be tested).\n")
     text = "\n".join(texts)
     gt.atomic_write(root / "tables.md", lambda tmp: Path(tmp).write_text(text))
     primary = settings["primary"]

@@ -207,6 +207,19 @@ def test_orderings_follow_amendment_3(tmp_path: Path) -> None:
         "(per seed +0.50, -1.50; 1 of 2 agree) | **no** |")
 
 
+def test_a_setting_whose_pilot_is_no_go_is_reported_but_not_counted(tmp_path: Path) -> None:
+    pilot = [fake("small", 0, 0.936), fake("small", 1, 0.938), fake("small-match", 0, 0.943),
+             fake("small-match", 1, 0.941), fake("large", 0, 0.942), fake("large", 1, 0.944)]
+    write(tmp_path / "gpu", [*pilot, fake("mg-S-B", 0, 0.943), fake("random-B", 0, 0.938)])
+    text = rs.report(tmp_path)
+    gpu = text[text.index("## gpu"):]
+    assert "Amendment 5's rule for this setting: Large - Small Match = +0.10 points" in gpu
+    assert "| MixtureGrowth above Random | mg-S-B - random-B | +0.50 points" in gpu
+    assert "Not counted in the verdict: this setting's pilot is no-go under amendment 5's rule" in gpu
+    write(tmp_path / "gpu", [fake("large", 0, 0.96), fake("large", 1, 0.96)])  # width now helps: counted
+    assert "Not counted in the verdict" not in rs.report(tmp_path)
+
+
 def test_a_superseded_setting_reports_its_pilot_only(tmp_path: Path) -> None:
     write(tmp_path / "primary-e15", [fake("small", 0, 0.835), fake("mg-S-A", 0, 0.80, protocol="authors")])
     write(tmp_path / "primary", [fake("small", 0, 0.85)])
