@@ -25,7 +25,7 @@ from mgtool.data import (
     split_size,
     train_loader,
 )
-from mgtool.data.augment import cutout, random_crop, random_flip
+from mgtool.data.augment import cutout, fill_values, random_crop, random_flip
 from mgtool.data.loaders import _shard
 from mgtool.data.sources.idx import read_idx
 from mgtool.errors import MgtoolError
@@ -144,6 +144,18 @@ def test_crop_flip_cutout_properties():
             assert int(changed[:, 1].max() - changed[:, 1].min()) < 3
             assert int(cut[b][:, changed[:, 0], changed[:, 1]].max()) == 0
     assert torch.equal(augment_batch(x, Augment(), g), x)
+
+
+def test_cutout_fills_each_channel_with_its_colour_made_once_per_device():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 200, (16, 3, 8, 8), dtype=torch.uint8, generator=g)
+    fill_values.cache_clear()
+    for _ in range(3):
+        cut = cutout(x, 4, (201, 202, 203), g)
+        changed = cut != x
+        for ch in range(3):
+            assert changed[:, ch].any() and bool((cut[:, ch][changed[:, ch]] == 201 + ch).all())
+    assert fill_values.cache_info().misses == 1  # not a host-to-device copy per batch
 
 
 def test_shards_partition_each_step():

@@ -35,6 +35,39 @@ def test_crop_on_cuda_takes_windows_of_the_padded_image():
         assert any(torch.equal(out[b], padded[b, :, i:i + 6, j:j + 6]) for i in range(5) for j in range(5))
 
 
+def test_device_loader_with_augmentation_never_waits_for_the_gpu():
+    cfg = data_config("synthetic", options={"shape": "3x16x16", "train_size": 256, "crop_padding": 2, "flip": True,
+                                            "cutout": 4})
+    batches = train_loader(cfg, batch_size=32, device="cuda", seed=1).epoch(0)
+    next(batches)  # once per epoch: the order goes to the device; once per device: the cutout colour
+    torch.cuda.set_sync_debug_mode("error")  # from here any blocking host<->device copy or sync raises
+    try:
+        rest = list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(rest) == 7 and all(x.is_cuda for x, _ in rest)
+
+
+def test_evaluation_waits_for_the_gpu_a_fixed_number_of_times_not_per_batch():
+    import warnings
+
+    from mgtool.archs import ArchSpec
+    from mgtool.templates import fresh_template_mixing
+    from mgtool.train.evaluate import evaluate
+
+    cfg = data_config("synthetic", options={"shape": "3x16x16", "train_size": 64, "test_size": 256})
+    model = fresh_template_mixing(ArchSpec("tiny-cnn", 1, 10, 3), seed=0).cuda()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            evaluate(model, cfg, batch_size=16, device="cuda")  # 16 batches
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 4, [str(w.message) for w in syncs]  # the normaliser's constants, the final sums
+
+
 @pytest.mark.parametrize("extra", [[], ["--compile"]])
 def test_train_small_on_cuda_bf16_channels_last(tmp_path, extra):
     out = tmp_path / "gpu.safetensors"

@@ -8,6 +8,7 @@ batch with a handful of tensor ops; the draws come from the given generator.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -64,5 +65,14 @@ def cutout(x: Tensor, size: int, fill: tuple[int, ...], generator: torch.Generat
     in_rows = (r[None, :] >= (cy - size // 2)[:, None]) & (r[None, :] < (cy + size - size // 2)[:, None])
     in_cols = (q[None, :] >= (cx - size // 2)[:, None]) & (q[None, :] < (cx + size - size // 2)[:, None])
     mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
-    values = torch.tensor(fill if len(fill) == c else fill[:1] * c, dtype=x.dtype, device=x.device)
+    values = fill_values(fill, c, x.dtype, x.device)
     return torch.where(mask, values[None, :, None, None], x)
+
+
+@functools.lru_cache(maxsize=16)
+def fill_values(fill: tuple[int, ...], channels: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The cutout colour as a ``(channels,)`` tensor on ``device``, made once per device.
+
+    Made per batch it is a blocking host-to-device copy: on CUDA that waits for the stream
+    every step and takes away the host's lead over the GPU."""
+    return torch.tensor(fill if len(fill) == channels else fill[:1] * channels, dtype=dtype, device=device)

@@ -50,9 +50,9 @@ def evaluate(model: nn.Module, data: DataConfig, *, split: str = "test", limit: 
         logits = logits.float()
         k = min(5, logits.shape[1])
         hit = logits.topk(k, dim=1).indices == y[:, None]
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                             hit[:, 0].sum().double(), hit.any(1).sum().double(),
-                             torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
+        sums[:3] += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                                 hit[:, 0].sum().double(), hit.any(1).sum().double()])
+        sums[3] += y.numel()  # a scalar, not a tensor built on the host: no blocking copy per batch
     all_reduce_sum(sums)
     model.train(was_training)
     loss, top1, top5, n = sums.tolist()
