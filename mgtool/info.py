@@ -40,9 +40,10 @@ def checkpoint_info(path: Path | str, *, count_flops: bool = True) -> dict[str, 
             other=total - model.template_parameters() - model.coefficient_parameters(),
             generated_weights=generated,
         )
-        from mgtool.fuse.ratios import ratio_report, tile_ratios
+        from mgtool.fuse.ratios import coefficient_ratios, ratio_report, tile_ratios
 
-        info.update(ratio_report(tile_ratios(plan, model.state_dict())))  # null for a small net
+        state = model.state_dict()
+        info.update(ratio_report(tile_ratios(plan, state), coefficient_ratios(plan, state)))  # null for a small net
         info["plan"] = {
             "templates_per_layer": plan.templates_per_layer,
             "share": plan.share,

@@ -206,9 +206,13 @@ class Pipeline:
         config.update({k: v for k, v in (("init_scale", f.init_scale), ("init_norm", f.init_norm),
                                          ("init_options", f.init_options)) if v not in (None, {})})
         inputs = {"net1": net1} if net2 is None else {"net1": net1, "net2": net2}
-        return self.stage("fuse", config, inputs, lambda out, resume, force: fuse(
-            sources, out, init=f.init, factor=f.factor, seed=f.seed, noise=f.noise, init_scale=f.init_scale,
-            init_norm=f.init_norm, init_options=f.init_options, force=True))
+
+        def work(out: Path, resume: bool, force: bool) -> None:
+            result = fuse(sources, out, init=f.init, factor=f.factor, seed=f.seed, noise=f.noise,
+                          init_scale=f.init_scale, init_norm=f.init_norm, init_options=f.init_options, force=True)
+            if result.warning:
+                self.log(f"fuse: warning: {result.warning}")
+        return self.stage("fuse", config, inputs, work)
 
     def recalibrate(self, grown: Path) -> Path | None:
         """BatchNorm statistics of the grown net re-estimated on training images (None: off, or

@@ -15,7 +15,8 @@ from mgtool.checkpoint import CheckpointMeta, save_checkpoint
 from mgtool.cli import app
 from mgtool.coef_init import _INITS, get_init, init_names, number, register_init
 from mgtool.errors import SettingError
-from mgtool.fuse import HIDDEN, coefficient_key, fuse, fuse_models, resolve_init, tile_ratios
+from mgtool.fuse import HIDDEN, coefficient_key, coefficient_ratios, fuse, fuse_models, resolve_init, tile_ratios
+from mgtool.fuse.ratios import COEFFICIENT_RATIO_WARNING
 from mgtool.info import checkpoint_info
 from mgtool.mixing import mix
 from mgtool.provenance import new_provenance
@@ -152,8 +153,8 @@ def test_an_initialiser_with_its_own_setting_is_one_registration():
 # ------------------------------------------------------------------------ files, JSON, info
 
 
-def _write(path: Path, seed: int) -> Path:
-    net = _small(seed)
+def _write(path: Path, seed: int = 0, net=None) -> Path:
+    net = _small(seed) if net is None else net
     from mgtool.archs import resolve_spec
 
     meta = CheckpointMeta("template-mixing", resolve_spec(SPEC), net.plan, new_provenance((), ["test"]))
@@ -219,3 +220,39 @@ def test_fuse_builds_each_model_once_and_reads_each_header_once(pair, tmp_path, 
     fuse(list(pair), tmp_path / "f.safetensors")
     assert sorted(built) == [SPEC.width, 2 * SPEC.width]  # one small, one grown meta model
     assert metas == list(pair) and headers == list(pair)
+
+
+def _decayed(net):
+    """``net`` with its templates shrunk 1000x along the coefficient directions no layer uses, as weight
+    decay leaves them after long training; every generated weight is unchanged."""
+    state = net.state_dict()
+    with torch.no_grad():
+        for bank in net.plan.banks:
+            used = torch.cat([state[coefficient_key(la.name)].reshape(-1, bank.templates_per_set)
+                              for la in net.plan.layers_of(bank.name)]).double()
+            _, sv, vh = torch.linalg.svd(used)
+            unused = vh[int((sv > 1e-9).sum()):]  # (K - rank, K): directions no coefficient vector has
+            templates = net.get_parameter(f"banks.{bank.name}")
+            flat = templates.detach().reshape(*templates.shape[:2], -1).double()
+            shrink = torch.eye(bank.templates_per_set, dtype=torch.float64) - 0.999 * unused.T @ unused
+            templates.copy_(torch.einsum("ij,sjp->sip", shrink, flat).reshape(templates.shape))
+    return net
+
+
+def test_an_ill_conditioned_init_scale_is_reported_and_warned_about(tmp_path):
+    nets = [_decayed(_small(1)), _decayed(_small(2))]
+    grown, layout = fuse_models(nets, SPEC, init="orthogonal", init_scale=0.25, seed=3)
+    assert all(abs(s / 0.25 - 1) < 0.01 for s in _direct_ratios(grown, layout))  # s is still met ...
+    scaled = coefficient_ratios(layout.plan, grown.state_dict())
+    assert scaled is not None and min(scaled.values()) > 100  # ... by coefficients >100x the diagonal ones
+    unit, _ = fuse_models(nets, SPEC, init="orthogonal", init_norm="unit", seed=3)
+    assert max(coefficient_ratios(layout.plan, unit.state_dict()).values()) < COEFFICIENT_RATIO_WARNING
+    paths = [_write(tmp_path / f"{i}.safetensors", net=net) for i, net in enumerate(nets)]
+    out = tmp_path / "grown.safetensors"
+    result = runner.invoke(app, ["fuse", *map(str, paths), "--init-scale", "0.25", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "warning: new coefficient vectors up to" in result.stderr and "--init-norm unit" in result.stderr
+    assert json.loads(result.stdout)["coefficient_ratio"]["min"] > 100
+    assert checkpoint_info(out, count_flops=False)["coefficient_ratio"]["min"] > 100
+    quiet = runner.invoke(app, ["fuse", *map(str, paths), "--init-norm", "unit", "-o", str(tmp_path / "u.st")])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr

@@ -114,6 +114,8 @@ def fuse_cmd(
     shown = f", tile ratio s {ratio['median']:.3g} (min {ratio['min']:.3g}, max {ratio['max']:.3g})" if ratio else ""
     done("fused", f"{len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "
          f"{result.new_tiles} new tiles ({init}{shown}), {result.parameters:,} parameters")
+    if result.warning:
+        console.print(f"warning: {result.warning}", style="yellow", soft_wrap=True)
     if "verify" in d:
         console.print(
             f"verified: max |logit diff| {d['verify']['max_abs_logit_diff']:.3g} "

@@ -3,7 +3,8 @@
 * ``layout``: roles, per-tensor rules and the grown plan (pure; see its docstring for the tiling);
 * ``inputs``: every check on the input files, once, into a typed ``FuseInputs``;
 * ``assembly``: the streaming assembly and the new tiles' initialisation (``--init``, ``--init-scale``);
-* ``ratios``: the tile ratio s (a new tile's norm over its layer's diagonal tiles');
+* ``ratios``: the tile ratio s (a new tile's norm over its layer's diagonal tiles') and the
+  coefficient ratio (the same for coefficient vectors; large values warn of unstable fine-tuning);
 * ``api``: ``fuse`` (validate -> plan -> stream -> write) and ``fuse_models`` (in memory).
 """
 
@@ -21,11 +22,12 @@ from mgtool.fuse.layout import (
     meta_model,
     plan_fusion,
 )
-from mgtool.fuse.ratios import TileRatios, tile_ratios
+from mgtool.fuse.ratios import TileRatios, coefficient_ratios, tile_ratios
 
 __all__ = [
     "CLASSIFIER", "DEFAULT_INIT_SCALE", "FIRST", "HIDDEN", "FuseInputs", "FuseResult", "FusionLayout",
-    "InitSettings", "SumOfLogits", "TileRatios", "check_fusable", "coefficient_key", "fuse", "fuse_models",
+    "InitSettings", "SumOfLogits", "TileRatios", "check_fusable", "coefficient_key", "coefficient_ratios", "fuse",
+    "fuse_models",
     "fuse_tensors", "grown_plan", "layer_roles", "meta_model", "plan_fusion", "resolve_init", "tile_ratios",
     "validate",
 ]

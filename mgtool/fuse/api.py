@@ -24,7 +24,7 @@ from mgtool.errors import MgtoolError
 from mgtool.fuse.assembly import InitSettings, fuse_tensors, resolve_init
 from mgtool.fuse.inputs import FuseInputs, growth_factor, validate
 from mgtool.fuse.layout import FusionLayout, coefficient_key, layout_of, plan_fusion
-from mgtool.fuse.ratios import TileRatios, ratio_report, tile_ratios
+from mgtool.fuse.ratios import TileRatios, coefficient_ratios, inflation_warning, ratio_report, tile_ratios
 from mgtool.loading import build_model
 from mgtool.model import TemplateMixingNet
 from mgtool.provenance import Parent, new_provenance, sha256_file
@@ -41,6 +41,12 @@ class FuseResult(VerifiedResult):
     parameters: int
     tile_ratio: TileRatios | None = None  # realised s of the new tiles
     verify: LogitCheck | None = None  # --verify: grown (new tiles zeroed) vs sum of inputs
+    coefficient_ratio: TileRatios | None = None  # new coefficient vectors' norms over the diagonal ones'
+
+    @property
+    def warning(self) -> str | None:
+        """Set when the new tiles' coefficients are large enough to destabilise fine-tuning."""
+        return inflation_warning(self.coefficient_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -52,7 +58,7 @@ class FuseResult(VerifiedResult):
             "new_tiles": self.new_tiles,
             "parameters": self.parameters,
             "flops": self.meta.flops.to_dict(),
-            **ratio_report(self.tile_ratio),
+            **ratio_report(self.tile_ratio, self.coefficient_ratio),
         }
         if self.verify is not None:
             out["verify"] = self.verify.to_dict()
@@ -94,8 +100,8 @@ def fuse(
     check = _verify(layout, tensors, inputs) if verify else None
     meta = _grown_meta(layout, inputs)
     path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None  # write
-    ratios = tile_ratios(layout.plan, tensors)
-    return FuseResult(path, meta, layout, inputs.init, new, layout.parameters, ratios, check)
+    ratios, coefs = tile_ratios(layout.plan, tensors), coefficient_ratios(layout.plan, tensors)
+    return FuseResult(path, meta, layout, inputs.init, new, layout.parameters, ratios, check, coefs)
 
 
 def fuse_models(

@@ -4,7 +4,8 @@ A tile's weight is its coefficient vector times its row's templates, so its Frob
 norm is ``sqrt(a^T G a)`` with the row's template Gram matrix ``G = T T^T`` (K x K,
 float64): the norm of the generated tile, without generating it. ``fuse
 --init-scale`` uses the same norms to rescale each new coefficient vector, and ``fuse
---json`` and ``mgtool info`` report the realised s of a grown net.
+--json`` and ``mgtool info`` report the realised s of a grown net, beside the coefficient ratio
+(new coefficient vectors' norms over the diagonal ones') that warns of an ill-conditioned scale.
 """
 
 from __future__ import annotations
@@ -87,8 +88,49 @@ def tile_ratios(plan: TemplatePlan, tensors: Mapping[str, Tensor]) -> TileRatios
     return TileRatios(per_layer) if per_layer else None
 
 
-def ratio_report(ratios: TileRatios | None) -> dict[str, Any]:
-    """The JSON fields ``fuse --json`` and ``info --json`` share."""
+def coefficient_ratios(plan: TemplatePlan, tensors: Mapping[str, Tensor]) -> TileRatios | None:
+    """A new tile's coefficient-vector norm over the mean of its layer's diagonal ones, for every
+    off-diagonal tile of every square grid larger than 1x1; None if there is none.
+
+    Unlike s it ignores the templates: it is the factor by which the new tiles' coefficients scale
+    the gradient they send into the templates the diagonal tiles share."""
+    per_layer: dict[str, tuple[float, ...]] = {}
+    for layer in plan.layers:
+        if layer.rows != layer.cols or layer.rows < 2:
+            continue
+        norms = tensors[f"net.{layer.name}.coefficients"].detach().double().norm(dim=-1)  # (rows, cols)
+        diagonal = float(torch.diagonal(norms).mean())
+        if diagonal > 0:
+            per_layer[layer.name] = tuple(
+                float(norms[r, c]) / diagonal for r in range(layer.rows) for c in range(layer.cols) if r != c
+            )
+    return TileRatios(per_layer) if per_layer else None
+
+
+# New coefficient vectors this many times their layer's diagonal ones make the shared templates'
+# gradients as many times larger. --init-scale reaches such factors when the templates carry almost
+# no weight in the new tiles' directions (orthogonal init after long training with weight decay:
+# up to ~480x, and fine-tuning collapsed even at lr 1e-5; docs/RESULTS.md, reproduction sweep).
+COEFFICIENT_RATIO_WARNING = 10.0
+
+
+def inflation_warning(ratios: TileRatios | None) -> str | None:
+    """One line for the user when a new coefficient vector is >= COEFFICIENT_RATIO_WARNING times its
+    layer's diagonal ones, else None."""
     if ratios is None:
-        return {"tile_ratio": None}
-    return {"tile_ratio": ratios.to_dict(), "tile_ratio_per_layer": ratios.per_layer_dict()}
+        return None
+    name, worst = max(((n, max(v)) for n, v in ratios.per_layer.items()), key=lambda t: t[1])
+    if not worst >= COEFFICIENT_RATIO_WARNING:
+        return None
+    return (f"new coefficient vectors up to {worst:.3g}x their layer's diagonal ones ({name}): the templates "
+            "carry almost no weight in the new tiles' directions, and the shared templates' gradients grow by "
+            "the same factor, which can wreck fine-tuning; prefer --init-norm unit, --init random or copy, or "
+            "a smaller --init-scale")
+
+
+def ratio_report(ratios: TileRatios | None, coefficients: TileRatios | None = None) -> dict[str, Any]:
+    """The JSON fields ``fuse --json`` and ``info --json`` share."""
+    out: dict[str, Any] = {"coefficient_ratio": coefficients.to_dict() if coefficients is not None else None}
+    if ratios is None:
+        return {"tile_ratio": None, **out}
+    return {"tile_ratio": ratios.to_dict(), "tile_ratio_per_layer": ratios.per_layer_dict(), **out}
