@@ -207,6 +207,20 @@ def test_orderings_follow_amendment_3(tmp_path: Path) -> None:
         "(per seed +0.50, -1.50; 1 of 2 agree) | **no** |")
 
 
+def test_post_hoc_orderings_take_init_l_at_its_better_protocol_for_table_1_only(tmp_path: Path) -> None:
+    write(tmp_path / "primary", [
+        fake("mg-S-B", 0, 0.84), fake("mg-L-A", 0, 0.883, protocol="authors"), fake("mg-L-B", 0, 0.90),
+        fake("random-B", 0, 0.88), fake("t4-random", 0, 0.85)])
+    text = rs.report(tmp_path)
+    pre, post = text.split("### Orderings with init L at its better protocol (mg-L-B; post hoc, PLAN.md amendment 7)")
+    assert "| MixtureGrowth above Random | mg-S-B - random-B | -4.00 points" in pre and "orthogonal >= random" in pre
+    assert "| MixtureGrowth above Random | mg-L-B - random-B | +2.00 points (per seed +2.00; 1 of 1 agree) | yes |" \
+        in post
+    assert "orthogonal >= random" not in post and "late growth" not in post and "above Small Match" in post
+    write(tmp_path / "other" / "primary", [fake("mg-S-B", 0, 0.84)])
+    assert "post hoc" not in rs.report(tmp_path / "other")
+
+
 def test_a_setting_whose_pilot_is_no_go_is_reported_but_not_counted(tmp_path: Path) -> None:
     pilot = [fake("small", 0, 0.936), fake("small", 1, 0.938), fake("small-match", 0, 0.943),
              fake("small-match", 1, 0.941), fake("large", 0, 0.942), fake("large", 1, 0.944)]
