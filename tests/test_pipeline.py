@@ -393,3 +393,12 @@ def test_a_train_sections_own_budget_is_kept_unless_the_stage_sizes_it(tmp_path:
     p.preflight()
     assert p._train(recipe.finetune.train, 0).budget == 0.5
     assert p._train(recipe.finetune.train, 0, budget=0.25).budget == 0.25
+
+
+def test_run_passes_on_the_fuse_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mgtool.fuse.ratios as ratios
+
+    monkeypatch.setattr(ratios, "COEFFICIENT_RATIO_WARNING", 0.0)  # any new tile now warns
+    result = runner.invoke(app, ["run", str(SMOKE), "-o", str(tmp_path / "run"), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert "fuse: warning: new coefficient vectors up to" in result.stderr

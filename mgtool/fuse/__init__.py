@@ -27,7 +27,6 @@ from mgtool.fuse.ratios import TileRatios, coefficient_ratios, tile_ratios
 __all__ = [
     "CLASSIFIER", "DEFAULT_INIT_SCALE", "FIRST", "HIDDEN", "FuseInputs", "FuseResult", "FusionLayout",
     "InitSettings", "SumOfLogits", "TileRatios", "check_fusable", "coefficient_key", "coefficient_ratios", "fuse",
-    "fuse_models",
-    "fuse_tensors", "grown_plan", "layer_roles", "meta_model", "plan_fusion", "resolve_init", "tile_ratios",
-    "validate",
+    "fuse_models", "fuse_tensors", "grown_plan", "layer_roles", "meta_model", "plan_fusion", "resolve_init",
+    "tile_ratios", "validate",
 ]

@@ -110,7 +110,7 @@ def coefficient_ratios(plan: TemplatePlan, tensors: Mapping[str, Tensor]) -> Til
 # New coefficient vectors this many times their layer's diagonal ones make the shared templates'
 # gradients as many times larger. --init-scale reaches such factors when the templates carry almost
 # no weight in the new tiles' directions (orthogonal init after long training with weight decay:
-# up to ~480x, and fine-tuning collapsed even at lr 1e-5; docs/RESULTS.md, reproduction sweep).
+# up to 255x, and fine-tuning collapsed even at lr 1e-5; docs/RESULTS.md, reproduction sweep).
 COEFFICIENT_RATIO_WARNING = 10.0
 
 
