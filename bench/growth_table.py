@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -184,8 +185,44 @@ def machine() -> str:
 
 
 def identity(arm: Arm) -> str:
-    """What the arm computes: its recipe without the runtime (device, threads), which changes nothing."""
-    return digest({k: v for k, v in arm.recipe.items() if k != "runtime"})
+    return recipe_identity(arm.recipe)
+
+
+def recipe_identity(recipe: dict[str, Any]) -> str:
+    """What a recipe computes: without the runtime (device, threads), which changes nothing, and with
+    the checkpoint of each net it grows named by its arm's folder and file only, so that where the
+    checkout lies does not matter (a fresh machine resumes the same arms)."""
+    r = {k: v for k, v in recipe.items() if k != "runtime"}
+    for section in ("net1", "net2"):
+        if isinstance(r.get(section), dict) and "checkpoint" in r[section]:
+            r[section] = {**r[section], "checkpoint": "/".join(Path(r[section]["checkpoint"]).parts[-2:])}
+    return digest(r)
+
+
+KEEP_NET_MAX_BYTES = 4 << 20  # the CPU sweeps' nets are 17-70 KB; a GPU setting's (tens of MB) stay out of git
+
+
+def keep_net(arm: Arm, out: Path, results: Path) -> None:
+    """Copy the net of an arm that others grow into results/nets/ (committed with the result files:
+    a fresh machine needs them to run the arms that grow them), unless it is too large for git."""
+    src = out / arm.id / "scratch.safetensors"
+    if src.exists() and src.stat().st_size <= KEEP_NET_MAX_BYTES:
+        atomic_write(results / "nets" / f"{arm.id}.safetensors", lambda tmp: shutil.copyfile(src, tmp))
+
+
+def restore_nets(arm: Arm, results: Path) -> None:
+    """Put back the nets ``arm`` grows from results/nets/ where this machine lacks them."""
+    for section in ("net1", "net2"):
+        spec = arm.recipe.get(section)
+        if isinstance(spec, dict) and "checkpoint" in spec:
+            path = Path(spec["checkpoint"])
+            kept = results / "nets" / f"{path.parent.name}.safetensors"
+            if path.exists():
+                continue
+            if not kept.exists():
+                raise MgtoolError(f"{arm.id}: the net it grows is neither at {path} nor kept at {kept}; delete "
+                                  f"{results / path.parent.name}.json to train it again")
+            atomic_write(path, lambda tmp, kept=kept: shutil.copyfile(kept, tmp))
 
 
 def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> dict[str, Any]:
@@ -214,16 +251,20 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
     from mgtool.pipeline import run_pipeline
 
     results.mkdir(parents=True, exist_ok=True)
+    grown = {n for arm in arms for n in arm.needs}
     pending = list(arms)
     while pending:
         left, busy = [], False
         for arm in pending:
             path = results / f"{arm.id}.json"
-            if path.exists() and json.loads(path.read_text()).get("recipe_sha256") == identity(arm):
+            if path.exists() and recipe_identity(json.loads(path.read_text())["recipe"]) == identity(arm):
+                if arm.id in grown and not (results / "nets" / f"{arm.id}.safetensors").exists():
+                    keep_net(arm, out, results)
                 continue
             if any(not (results / f"{n}.json").exists() for n in arm.needs):
                 left.append(arm)
                 continue
+            restore_nets(arm, results)
             log(f"{arm.id}: running")
             try:
                 summary = run_pipeline(recipe_from_dict(arm.recipe), out / arm.id, command=command, quiet=True)
@@ -233,6 +274,8 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
                 continue
             result = result_of(arm, summary.to_dict(), command, sweep)
             text = json.dumps(result, indent=1, sort_keys=True) + "\n"
+            if arm.id in grown:
+                keep_net(arm, out, results)
             atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
             log(f"{arm.id}: top-1 {result['top1']:.4f}, FLOPs Norm {result['flops_norm']:.3f}X")
         if len(left) == len(pending) and not busy:

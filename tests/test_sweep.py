@@ -100,6 +100,38 @@ def test_rerun_runs_nothing(sweep) -> None:
     assert all(json.loads(b)["wall_s"] > 0 for b in before.values())
 
 
+def test_a_fresh_checkout_elsewhere_resumes_with_the_kept_nets(sweep, tmp_path: Path) -> None:
+    gt, root, arms, chosen = sweep
+    for net in ("small-tm-s0", "net2-s0"):  # the nets other arms grow are kept beside the results
+        assert (root / "results" / "nets" / f"{net}.safetensors").read_bytes() == \
+            (root / "runs" / net / "scratch.safetensors").read_bytes()
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)
+    before = {p.name: p.read_bytes() for p in results.glob("*.json")}
+    # another checkout: its runs folder lies elsewhere and is empty, so every net path differs
+    fresh = gt.arms_for(yaml.safe_load(SMOKE.read_text()), ["table4"], [0], 0.45, [0.6], tmp_path / "runs")
+    copy = [a for a in fresh if a.key == "mg-copy" and a.budget == 0.45]
+    redo = [a for a in fresh if a.id in {c.id for c in chosen}]
+    assert copy and redo and not (tmp_path / "runs").exists()
+    gt.run_arms(redo + copy, tmp_path / "runs", results, "pytest, fresh machine")
+    assert {p.name: p.read_bytes() for p in results.glob("*.json") if p.name in before} == before  # none rerun
+    assert json.loads((results / f"{copy[0].id}.json").read_text())["top1"] >= 0.0
+    assert (tmp_path / "runs" / "small-tm-s0" / "scratch.safetensors").read_bytes() == \
+        (root / "results" / "nets" / "small-tm-s0.safetensors").read_bytes()
+
+
+def test_a_net_that_is_nowhere_is_named_with_the_way_out(sweep, tmp_path: Path) -> None:
+    gt, root, _, _ = sweep
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results, ignore=shutil.ignore_patterns("nets"))
+    fresh = gt.arms_for(yaml.safe_load(SMOKE.read_text()), ["table4"], [0], 0.45, [0.6], tmp_path / "runs")
+    zero = [a for a in fresh if a.key == "mg-zero" and a.budget == 0.45]
+    with pytest.raises(gt.MgtoolError, match=r"neither at .*small-tm-s0/scratch.safetensors nor kept at .*"
+                                            r"delete .*small-tm-s0.json to train it again"):
+        gt.run_arms(zero, tmp_path / "runs", results, "pytest")
+    assert not (results / f"{zero[0].id}.json").exists()
+
+
 def test_report_is_rebuilt_byte_for_byte_from_the_result_files_alone(sweep, tmp_path: Path) -> None:
     gt, root, _, _ = sweep
     copy = tmp_path / "results"
