@@ -207,7 +207,7 @@ def test_orderings_follow_amendment_3(tmp_path: Path) -> None:
         "(per seed +0.50, -1.50; 1 of 2 agree) | **no** |")
 
 
-def test_post_hoc_orderings_take_init_l_at_its_better_protocol_for_table_1_only(tmp_path: Path) -> None:
+def test_post_hoc_orderings_take_init_l_at_its_better_protocol_against_init_free_arms(tmp_path: Path) -> None:
     write(tmp_path / "primary", [
         fake("mg-S-B", 0, 0.84), fake("mg-L-A", 0, 0.883, protocol="authors"), fake("mg-L-B", 0, 0.90),
         fake("random-B", 0, 0.88), fake("t4-random", 0, 0.85)])
@@ -217,6 +217,7 @@ def test_post_hoc_orderings_take_init_l_at_its_better_protocol_for_table_1_only(
     assert "| MixtureGrowth above Random | mg-L-B - random-B | +2.00 points (per seed +2.00; 1 of 1 agree) | yes |" \
         in post
     assert "orthogonal >= random" not in post and "late growth" not in post and "above Small Match" in post
+    assert "w/o fusion" not in post  # the w/o-fusion arms are at init S: against init L it would mix the two
     write(tmp_path / "other" / "primary", [fake("mg-S-B", 0, 0.84)])
     assert "post hoc" not in rs.report(tmp_path / "other")
 
