@@ -188,14 +188,19 @@ def identity(arm: Arm) -> str:
     return recipe_identity(arm.recipe)
 
 
+def grown_checkpoints(recipe: dict[str, Any]) -> dict[str, Path]:
+    """The nets a recipe grows from files: section (net1, net2) -> checkpoint path."""
+    return {section: Path(spec["checkpoint"]) for section in ("net1", "net2")
+            if isinstance(spec := recipe.get(section), dict) and "checkpoint" in spec}
+
+
 def recipe_identity(recipe: dict[str, Any]) -> str:
     """What a recipe computes: without the runtime (device, threads), which changes nothing, and with
     the checkpoint of each net it grows named by its arm's folder and file only, so that where the
     checkout lies does not matter (a fresh machine resumes the same arms)."""
     r = {k: v for k, v in recipe.items() if k != "runtime"}
-    for section in ("net1", "net2"):
-        if isinstance(r.get(section), dict) and "checkpoint" in r[section]:
-            r[section] = {**r[section], "checkpoint": "/".join(Path(r[section]["checkpoint"]).parts[-2:])}
+    for section, path in grown_checkpoints(recipe).items():
+        r[section] = {**r[section], "checkpoint": "/".join(path.parts[-2:])}
     return digest(r)
 
 
@@ -212,17 +217,14 @@ def keep_net(arm: Arm, out: Path, results: Path) -> None:
 
 def restore_nets(arm: Arm, results: Path) -> None:
     """Put back the nets ``arm`` grows from results/nets/ where this machine lacks them."""
-    for section in ("net1", "net2"):
-        spec = arm.recipe.get(section)
-        if isinstance(spec, dict) and "checkpoint" in spec:
-            path = Path(spec["checkpoint"])
-            kept = results / "nets" / f"{path.parent.name}.safetensors"
-            if path.exists():
-                continue
-            if not kept.exists():
-                raise MgtoolError(f"{arm.id}: the net it grows is neither at {path} nor kept at {kept}; delete "
-                                  f"{results / path.parent.name}.json to train it again")
-            atomic_write(path, lambda tmp, kept=kept: shutil.copyfile(kept, tmp))
+    for path in grown_checkpoints(arm.recipe).values():
+        kept = results / "nets" / f"{path.parent.name}.safetensors"
+        if path.exists():
+            continue
+        if not kept.exists():
+            raise MgtoolError(f"{arm.id}: the net it grows is neither at {path} nor kept at {kept}; delete "
+                              f"{results / path.parent.name}.json to train it again")
+        atomic_write(path, lambda tmp, kept=kept: shutil.copyfile(kept, tmp))
 
 
 def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> dict[str, Any]:

@@ -255,10 +255,15 @@ def table(title: str, rows: list[tuple[str, str]], grouped: dict[str, list[dict[
                                    for label, key in rows)
 
 
+def pilot_values(grouped: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
+    """Top-1 of seeds 0 and 1 for each of the pilot's three arms."""
+    return {k: [r["top1"] for r in grouped.get(k, []) if r["seed"] in (0, 1)]
+            for k in ("small", "small-match", "large")}
+
+
 def pilot_gaps(grouped: dict[str, list[dict[str, Any]]]) -> tuple[float, float] | None:
     """(Small Match - Small, Large - Small) in points, means over seeds 0 and 1; None until all six ran."""
-    mean = {k: [r["top1"] for r in grouped.get(k, []) if r["seed"] in (0, 1)]
-            for k in ("small", "small-match", "large")}
+    mean = pilot_values(grouped)
     if not all(len(v) == 2 for v in mean.values()):
         return None
     small = statistics.fmean(mean["small"])
@@ -274,9 +279,7 @@ def amended_go(gaps: tuple[float, float]) -> bool:
 def pilot_markdown(grouped: dict[str, list[dict[str, Any]]], setting: str) -> str:
     """PLAN.md's go/no-go rule on seeds 0 and 1; amendment 5's beside it where that applies."""
     lines = ["| arm | seeds 0, 1: top-1 % (mean ± std) | runs |", "|---|---|---|"]
-    for k in ("small", "small-match", "large"):
-        v = [r["top1"] for r in grouped.get(k, []) if r["seed"] in (0, 1)]
-        lines.append(f"| {k} | {gt.fmt(v)} | {len(v)} |")
+    lines += [f"| {k} | {gt.fmt(v)} | {len(v)} |" for k, v in pilot_values(grouped).items()]
     gaps = pilot_gaps(grouped)
     if gaps is None:
         lines.append("\nGo/no-go: not decided (the pilot needs both seeds of all three arms).")

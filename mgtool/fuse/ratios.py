@@ -11,14 +11,14 @@ float64): the norm of the generated tile, without generating it. ``fuse
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mgtool.plan import TemplatePlan
+from mgtool.plan import LayerPlan, TemplatePlan
 
 CHUNK = 1 << 16  # template columns per step: the float64 copy is at most (M*K) x CHUNK (2 MB at M*K = 4)
 
@@ -63,29 +63,40 @@ class TileRatios:
         return {name: self._summary(list(values)) for name, values in self.per_layer.items()}
 
 
-def tile_ratios(plan: TemplatePlan, tensors: Mapping[str, Tensor]) -> TileRatios | None:
-    """s of every off-diagonal tile of every square grid larger than 1x1; None if there is none.
-
-    Layers whose diagonal tiles are all zero have no scale and are left out.
-    ``tensors`` is a template-mixing state dict (``banks.<bank>``, ``net.<layer>.coefficients``).
-    """
-    grams: dict[tuple[str, tuple[int, ...]], Tensor] = {}
+def _over_diagonal(plan: TemplatePlan, norms_of: Callable[[LayerPlan], Tensor]) -> TileRatios | None:
+    """``norms_of(layer)`` ``(rows, cols)`` over the mean of its diagonal, for every off-diagonal tile of
+    every square grid larger than 1x1; None if there is none. Layers whose diagonal norms are all zero
+    have no scale to compare with and are left out."""
     per_layer: dict[str, tuple[float, ...]] = {}
     for layer in plan.layers:
         if layer.rows != layer.cols or layer.rows < 2:
             continue
+        norms = norms_of(layer)
+        diagonal = float(torch.diagonal(norms).mean())
+        if diagonal > 0:
+            per_layer[layer.name] = tuple(
+                float(norms[r, c]) / diagonal for r in range(layer.rows) for c in range(layer.cols) if r != c
+            )
+    return TileRatios(per_layer) if per_layer else None
+
+
+def tile_ratios(plan: TemplatePlan, tensors: Mapping[str, Tensor]) -> TileRatios | None:
+    """s of every off-diagonal tile of every square grid larger than 1x1; None if there is none.
+
+    ``tensors`` is a template-mixing state dict (``banks.<bank>``, ``net.<layer>.coefficients``).
+    """
+    grams: dict[tuple[str, tuple[int, ...]], Tensor] = {}
+
+    def tile_norms(layer: LayerPlan) -> Tensor:
         coefs = tensors[f"net.{layer.name}.coefficients"]
         norms = torch.zeros(layer.rows, layer.cols, dtype=torch.float64)
         for r, sets in enumerate(layer.row_sets):
             if (layer.bank, sets) not in grams:
                 grams[(layer.bank, sets)] = templates_gram(tensors[f"banks.{layer.bank}"], sets)
             norms[r] = tile_norm(grams[(layer.bank, sets)], coefs[r])
-        diagonal = float(torch.diagonal(norms).mean())
-        if diagonal > 0:  # an all-zero layer has no scale to compare with
-            per_layer[layer.name] = tuple(
-                float(norms[r, c]) / diagonal for r in range(layer.rows) for c in range(layer.cols) if r != c
-            )
-    return TileRatios(per_layer) if per_layer else None
+        return norms
+
+    return _over_diagonal(plan, tile_norms)
 
 
 def coefficient_ratios(plan: TemplatePlan, tensors: Mapping[str, Tensor]) -> TileRatios | None:
@@ -94,17 +105,7 @@ def coefficient_ratios(plan: TemplatePlan, tensors: Mapping[str, Tensor]) -> Til
 
     Unlike s it ignores the templates: it is the factor by which the new tiles' coefficients scale
     the gradient they send into the templates the diagonal tiles share."""
-    per_layer: dict[str, tuple[float, ...]] = {}
-    for layer in plan.layers:
-        if layer.rows != layer.cols or layer.rows < 2:
-            continue
-        norms = tensors[f"net.{layer.name}.coefficients"].detach().double().norm(dim=-1)  # (rows, cols)
-        diagonal = float(torch.diagonal(norms).mean())
-        if diagonal > 0:
-            per_layer[layer.name] = tuple(
-                float(norms[r, c]) / diagonal for r in range(layer.rows) for c in range(layer.cols) if r != c
-            )
-    return TileRatios(per_layer) if per_layer else None
+    return _over_diagonal(plan, lambda layer: tensors[f"net.{layer.name}.coefficients"].detach().double().norm(dim=-1))
 
 
 # New coefficient vectors this many times their layer's diagonal ones make the shared templates'
