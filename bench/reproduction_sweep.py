@@ -1,6 +1,7 @@
 """Issue 11: the pre-registered reproduction of the paper's tables (bench/reproduction/PLAN.md).
 
-    python bench/reproduction_sweep.py --part pilot --threads 1       # one part (resumable, see NOTES-sweep.md)
+    python bench/reproduction_sweep.py --part pilot --threads 1       # one part (resumable; reproduction/RUNNING.md)
+    python bench/reproduction_sweep.py --part table1,table4,table2 --seeds 1   # a seed's tables, one list
     python bench/reproduction_sweep.py --report                       # tables + Fig. 3b from the result files alone
 
 The arms of PLAN.md, as recipes on the sweep machinery of bench/growth_table.py (its ``Arm``,
@@ -131,6 +132,22 @@ def part_keys(part: str, choices: Choices | None, best: str | None = None) -> li
         return ["small", "small-match", "large", "large-match", f"random-{choices.protocol}",
                 f"net2net-{choices.protocol}", "nofusion-reuse", mg]
     raise MgtoolError(f"unknown part {part!r}")
+
+
+PARTS = ("pilot", "table1", "table4", "table2", "secondary", "gpu")
+COMBINABLE = ("table1", "table4", "table2")  # one setting (primary), so their arms can share one worker list
+
+
+def parse_parts(text: str) -> list[str]:
+    """``--part``: one part, or primary tables joined by commas."""
+    parts = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    if not parts or set(parts) - set(PARTS):
+        raise argparse.ArgumentTypeError(f"{', '.join(sorted(set(parts) - set(PARTS))) or 'none given'} is not a part "
+                         f"(parts: {', '.join(PARTS)}); e.g. --part table1,table4,table2")
+    if len(parts) > 1 and set(parts) - set(COMBINABLE):
+        raise argparse.ArgumentTypeError(f"only {', '.join(COMBINABLE)} combine (one setting); run "
+                         f"{', '.join(sorted(set(parts) - set(COMBINABLE)))} on its own")
+    return parts
 
 
 def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
@@ -438,12 +455,15 @@ def report(root: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("pilot", "table1", "table4", "table2", "secondary", "gpu"))
+    p.add_argument("--part", type=parse_parts,
+                   help="pilot, table1, table4, table2, secondary or gpu; the primary tables combine with commas "
+                   "(table1,table4,table2: one worker list, so a worker waits only when every arm left in all of "
+                   "them is held by another)")
     p.add_argument("--report", action="store_true", help="Only rebuild tables.md and fig3b.png from the results.")
     p.add_argument("--seeds", default=None, help="Comma-separated seeds (default: 0,1 for the pilot, 0 for gpu, "
                    "else 0,1,2).")
     p.add_argument("--arms", default=None, help="Comma-separated arm keys: only these of the part's rows (to split "
-                   "a part into runs of at most ~2 hours; see NOTES-sweep.md).")
+                   "a part into runs of at most ~2 hours; see reproduction/RUNNING.md).")
     p.add_argument("--init-scale", type=float, default=None, help="Init S's scale (default: mgtool.demo.INIT_SCALE).")
     p.add_argument("--protocol", choices=tuple(PROTOCOL_NAMES), default=None,
                    help="P*: authors (A) or lr0.1 (B) (default: mgtool.demo.PROTOCOL).")
@@ -460,21 +480,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.part is None:
             raise MgtoolError("give --part pilot|table1|table4|table2|secondary|gpu, or --report")
-        setting = {"secondary": "secondary", "gpu": "gpu"}.get(args.part, "primary")
-        default_seeds = {"pilot": "0,1", "gpu": "0"}.get(args.part, "0,1,2")
+        parts = args.part
+        part = parts[0]
+        setting = {"secondary": "secondary", "gpu": "gpu"}.get(part, "primary")
+        default_seeds = {"pilot": "0,1", "gpu": "0"}.get(part, "0,1,2")
         seeds = [int(s) for s in (args.seeds or default_seeds).split(",") if s.strip()]
-        choices = None if args.part == "pilot" else demo_choices(args.init_scale, args.protocol)
-        best = best_baseline(args.results / "primary") if args.part == "secondary" else None
+        choices = None if part == "pilot" else demo_choices(args.init_scale, args.protocol)
+        best = best_baseline(args.results / "primary") if part == "secondary" else None
         out = (args.out / setting).resolve()
-        keys = part_keys(args.part, choices, best)
+        keys = list(dict.fromkeys(k for p in parts for k in part_keys(p, choices, best)))
         if args.arms is not None:
             only = [k.strip() for k in args.arms.split(",") if k.strip()]
             if not only or set(only) - set(keys):
                 raise MgtoolError(f"--arms: {', '.join(sorted(set(only) - set(keys))) or 'none given'} not in part "
-                                  f"{args.part} (its arms: {', '.join(keys)})")
+                                  f"{','.join(parts)} (its arms: {', '.join(keys)})")
             keys = only
         arms = arms_for(base_recipe(setting, args.data_dir, args.device, args.threads), keys, seeds, out, choices)
-        if args.part == "gpu":  # what matters most first, in case the time runs out: the growth arms
+        if part == "gpu":  # what matters most first, in case the time runs out: the growth arms
             arms.sort(key=lambda a: (a.key not in ("small-tm", "net2"), not a.needs))
         stuck = {a.id: why for a in arms if (why := blocked(a))}
         for arm_id, why in stuck.items():

@@ -144,6 +144,26 @@ def test_a_part_that_needs_the_demo_defaults_fails_in_one_line(monkeypatch, caps
     assert "run --part table1 first" in capsys.readouterr().err
 
 
+def test_primary_tables_combine_into_one_worker_list(capsys, tmp_path: Path) -> None:
+    choice = ["--init-scale", "0.1", "--protocol", "lr0.1", "--results", str(tmp_path), "--out", str(tmp_path / "runs")]
+    listed = {}
+    for parts in ("table1", "table4", "table2", "table1,table4,table2"):
+        assert rs.main(["--part", parts, "--seeds", "1", "--dry-run", *choice]) == 0
+        listed[parts] = capsys.readouterr().out.split()
+    union = set(listed["table1"]) | set(listed["table4"]) | set(listed["table2"])
+    assert sorted(listed["table1,table4,table2"]) == sorted(union)
+    assert len(listed["table1,table4,table2"]) == len(union)  # arms two tables share (net 1, mg-S-B) listed once
+    combined = listed["table1,table4,table2"]
+    growers = [i for i, a in enumerate(combined) if a.startswith(("mg-", "t4-", "random-", "net2net-", "nofusion-"))]
+    assert min(growers) > combined.index("small-tm-s1")  # nets with nothing to wait for come first
+    for bad, message in (("table1,secondary", "only table1, table4, table2 combine"),
+                         ("table9", "table9 is not a part")):
+        with pytest.raises(SystemExit) as exit_info:
+            rs.main(["--part", bad, "--dry-run", *choice])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------- report
 
 
