@@ -227,6 +227,40 @@ def restore_nets(arm: Arm, results: Path) -> None:
         atomic_write(path, lambda tmp, kept=kept: shutil.copyfile(kept, tmp))
 
 
+def grown_ratios(out_dir: Path) -> dict[str, Any] | None:
+    """The grown net's ``coefficient_ratio`` and ``tile_ratio`` (``mgtool info --json``'s fields, as
+    fused, before any training); None where the arm grew no template-mixing net."""
+    from mgtool.info import checkpoint_info
+
+    path = out_dir / "grown.safetensors"
+    if not path.exists():
+        return None
+    info = checkpoint_info(path, count_flops=False)
+    if info.get("coefficient_ratio") is None:
+        return None
+    return {k: info[k] for k in ("coefficient_ratio", "tile_ratio")}
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def add_grown_ratios(results: Path, out: Path) -> list[str]:
+    """Add ``grown_ratios`` to result files written before they recorded it, from each arm's run
+    folder under ``out`` (where this machine has it); the ids of the files changed."""
+    changed = []
+    for path in sorted(results.glob("*.json")):
+        result = json.loads(path.read_text())
+        folder = out / result["id"]
+        if "grown_ratios" in result or not (folder / "pipeline.json").exists():
+            continue
+        result["grown_ratios"] = grown_ratios(folder)
+        write_result(path, result)
+        changed.append(result["id"])
+    return changed
+
+
 def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> dict[str, Any]:
     """The arm's result file. ``wall_s``: the time its stages took when they ran (from the ledger)."""
     import torch
@@ -244,7 +278,8 @@ def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> di
             "top1": last["top1"], "flops_norm": last["flops_norm"], "reference_flops": summary["reference_flops"],
             "at_growth_top1": growth["fused_top1"], "at_growth_recalibrated_top1": growth["recalibrated_top1"],
             "arch": last["arch_full"], "data": summary["data"], "eval_test_set": summary["eval_test_set"],
-            "curve": curve, "command": command, "machine": machine(), "torch": torch.__version__,
+            "curve": curve, "grown_ratios": grown_ratios(Path(summary["out_dir"])),
+            "command": command, "machine": machine(), "torch": torch.__version__,
             "wall_s": sum(e.get("wall_s", 0.0) for e in ledger["stages"].values())}
 
 
@@ -275,10 +310,9 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
                 busy = True
                 continue
             result = result_of(arm, summary.to_dict(), command, sweep)
-            text = json.dumps(result, indent=1, sort_keys=True) + "\n"
             if arm.id in grown:
                 keep_net(arm, out, results)
-            atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+            write_result(path, result)
             log(f"{arm.id}: top-1 {result['top1']:.4f}, FLOPs Norm {result['flops_norm']:.3f}X")
         if len(left) == len(pending) and not busy:
             raise MgtoolError(f"{left[0].id}: an arm it grows ({', '.join(left[0].needs)}) has no result "

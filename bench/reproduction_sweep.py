@@ -253,23 +253,29 @@ def by_arm(results: Path) -> dict[str, list[dict[str, Any]]]:
     return {arm: rows for (arm, _), rows in gt.load_results(results).items()}
 
 
+def _coefficient_ratios(rows: list[dict[str, Any]]) -> str:
+    """Each seed's median coefficient ratio of the grown net, where its result file records one."""
+    medians = [f"s{r['seed']}: {ratios['coefficient_ratio']['median']:.3g}" for r in rows
+               if (ratios := r.get("grown_ratios"))]
+    return ", ".join(medians) or "-"
+
+
 def _row(label: str, rows: list[dict[str, Any]], growth: bool) -> str:
     norm = f"{statistics.fmean(r['flops_norm'] for r in rows):.3f}X" if rows else "-"
     line = f"| {label} | {gt.fmt([r['top1'] for r in rows])} | {len(rows)} | {norm} |"
-    if growth:
-        fused = [r["at_growth_top1"] for r in rows if r.get("at_growth_top1") is not None]
-        recal = [r["at_growth_recalibrated_top1"] for r in rows if r.get("at_growth_recalibrated_top1") is not None]
-        line += f" {gt.fmt(fused) if fused else '-'} | {gt.fmt(recal) if recal else '-'} |"
-    return line
+    if not growth:
+        return line + " - | - | - |"
+    fused = [r["at_growth_top1"] for r in rows if r.get("at_growth_top1") is not None]
+    recal = [r["at_growth_recalibrated_top1"] for r in rows if r.get("at_growth_recalibrated_top1") is not None]
+    return (line + f" {gt.fmt(fused) if fused else '-'} | {gt.fmt(recal) if recal else '-'} |"
+            f" {_coefficient_ratios(rows)} |")
 
 
 def table(title: str, rows: list[tuple[str, str]], grouped: dict[str, list[dict[str, Any]]]) -> str:
     head = (f"| {title} | top-1 % (mean ± std) | seeds | FLOPs Norm | at growth, fused | "
-            "at growth, recalibrate-bn |\n|---|---|---|---|---|---|")
-    growing = [label for label, key in rows if key not in BUDGET_FREE and not key.endswith("-match")]
-    return head + "\n" + "\n".join(_row(label, grouped.get(key, []), True) if label in growing
-                                   else _row(label, grouped.get(key, []), False) + " - | - |"
-                                   for label, key in rows)
+            "at growth, recalibrate-bn | coefficient ratio (median, per seed) |\n|---|---|---|---|---|---|---|")
+    growing = {key for _, key in rows if key not in BUDGET_FREE and not key.endswith("-match")}
+    return head + "\n" + "\n".join(_row(label, grouped.get(key, []), key in growing) for label, key in rows)
 
 
 def pilot_values(grouped: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
@@ -460,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(table1,table4,table2: one worker list, so a worker waits only when every arm left in all of "
                    "them is held by another)")
     p.add_argument("--report", action="store_true", help="Only rebuild tables.md and fig3b.png from the results.")
+    p.add_argument("--add-ratios", action="store_true",
+                   help="Only add the grown nets' coefficient and tile ratios to result files written before they "
+                   "recorded them, from the arms' run folders under --out (those this machine has).")
     p.add_argument("--seeds", default=None, help="Comma-separated seeds (default: 0,1 for the pilot, 0 for gpu, "
                    "else 0,1,2).")
     p.add_argument("--arms", default=None, help="Comma-separated arm keys: only these of the part's rows (to split "
@@ -477,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.report:
             print(report(args.results))
+            return 0
+        if args.add_ratios:
+            for setting in sorted(p.name for p in args.results.iterdir() if p.is_dir()):
+                for arm_id in gt.add_grown_ratios(args.results / setting, args.out / setting):
+                    print(f"{setting}/{arm_id}.json: grown_ratios added")
             return 0
         if args.part is None:
             raise MgtoolError("give --part pilot|table1|table4|table2|secondary|gpu, or --report")

@@ -296,6 +296,30 @@ def test_each_finished_arm_writes_one_result_file(ran) -> None:
     assert (untrained["at_growth_top1"], untrained["at_growth_recalibrated_top1"]) == \
         (growth["fused_top1"], growth["recalibrated_top1"])
     assert untrained["recipe"]["finetune"]["train"]["protocol"] == "authors"
+    assert json.loads((results / "random-B-b0.45-s0.json").read_text())["grown_ratios"] is None  # plain growth
+    from mgtool.info import checkpoint_info
+
+    grown = checkpoint_info(root / "runs" / "mg-S-A-b0.45-s0" / "grown.safetensors", count_flops=False)
+    recorded = json.loads((results / "mg-S-A-b0.45-s0.json").read_text())["grown_ratios"]
+    assert recorded == {"coefficient_ratio": grown["coefficient_ratio"], "tile_ratio": grown["tile_ratio"]}
+    assert recorded["coefficient_ratio"]["median"] > 0
+
+
+def test_ratios_are_added_to_result_files_that_predate_them(ran, tmp_path: Path, capsys) -> None:
+    root, _ = ran
+    shutil.copytree(root / "results" / "primary", tmp_path / "primary")
+    files = {p.name: json.loads(p.read_text()) for p in (tmp_path / "primary").glob("*.json")}
+    for name, result in files.items():  # as written before the field existed
+        (tmp_path / "primary" / name).write_text(json.dumps({k: v for k, v in result.items() if k != "grown_ratios"},
+                                                             indent=1, sort_keys=True) + "\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "primary").symlink_to(root / "runs")  # the sweep's layout: <out>/<setting>/<arm>
+    assert rs.main(["--add-ratios", "--results", str(tmp_path), "--out", str(tmp_path / "runs")]) == 0
+    assert "primary/mg-S-A-b0.45-s0.json: grown_ratios added" in capsys.readouterr().out
+    assert {p.name: json.loads(p.read_text()) for p in (tmp_path / "primary").glob("*.json")} == files
+    row = next(line for line in rs.report(tmp_path).splitlines()
+               if line.startswith("| MixtureGrowth, init S, protocol A"))
+    assert row.endswith(f"| s0: {files['mg-S-A-b0.45-s0.json']['grown_ratios']['coefficient_ratio']['median']:.3g} |")
 
 
 def test_report_is_rebuilt_byte_for_byte_from_the_result_files_alone(ran, tmp_path: Path) -> None:
