@@ -238,6 +238,28 @@ def test_post_hoc_orderings_take_init_l_at_its_better_protocol_against_init_free
         in post
     assert "orthogonal >= random" not in post and "late growth" not in post and "above Small Match" in post
     assert "w/o fusion" not in post  # the w/o-fusion arms are at init S: against init L it would mix the two
+    assert "| MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative) | mg-L-B - " \
+        "tm-large-match | - | not decided |" in post
+
+
+def test_amendment_8_adds_init_l_and_the_template_mixing_large_match_to_the_secondary_setting(tmp_path) -> None:
+    keys = rs.part_keys("secondary", rs.Choices(0.1, "B"), "random-B")
+    assert keys[-2:] == ["mg-L-B", "tm-large-match"] and "mg-S-B" in keys and "random-B" in keys
+    arms = {a.id: a for a in rs.arms_for(rs.base_recipe("secondary", "/data", "cpu", 1), keys, [0], tmp_path,
+                                         rs.Choices(0.1, "B"))}
+    assert arms["mg-L-B-b0.45-s0"].recipe["fuse"] == {"init": "orthogonal", "init_norm": "unit", "seed": 0}
+    assert arms["tm-large-match-b0.45-s0"].recipe["scratch"]["kind"] == "template-mixing"
+    assert arms["tm-large-match-b0.45-s0"].recipe["arch"]["options"]["stem_width"] == 4
+    results = [fake("mg-L-B", 0, 0.90), fake("tm-large-match", 0, 0.89), fake("random-B", 0, 0.88)]
+    write(tmp_path / "secondary", results)
+    write(tmp_path / "primary", results)
+    text = rs.report(tmp_path)
+    primary, secondary = text.split("## secondary: ")
+    assert "(mg-L-B; post hoc, PLAN.md amendment 7)" in primary and "pre-registered for this" not in primary
+    assert "### Orderings with init L, protocol B (mg-L-B; pre-registered for this setting, PLAN.md amendment 8)" \
+        in secondary and "post hoc" not in secondary
+    assert "| MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative) | mg-L-B - " \
+        "tm-large-match | +1.00 points (per seed +1.00; 1 of 1 agree) | yes |" in secondary
     write(tmp_path / "other" / "primary", [fake("mg-S-B", 0, 0.84)])
     assert "post hoc" not in rs.report(tmp_path / "other")
 
