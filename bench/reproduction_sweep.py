@@ -150,12 +150,13 @@ COMBINABLE = ("table1", "table4", "table2")  # one setting (primary), so their a
 def parse_parts(text: str) -> list[str]:
     """``--part``: one part, or primary tables joined by commas."""
     parts = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    if not parts or set(parts) - set(PARTS):
-        raise argparse.ArgumentTypeError(f"{', '.join(sorted(set(parts) - set(PARTS))) or 'none given'} is not a part "
-                         f"(parts: {', '.join(PARTS)}); e.g. --part table1,table4,table2")
-    if len(parts) > 1 and set(parts) - set(COMBINABLE):
+    unknown, alone = sorted(set(parts) - set(PARTS)), sorted(set(parts) - set(COMBINABLE))
+    if not parts or unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'none given'} is not a part (parts: "
+                                         f"{', '.join(PARTS)}); e.g. --part table1,table4,table2")
+    if len(parts) > 1 and alone:
         raise argparse.ArgumentTypeError(f"only {', '.join(COMBINABLE)} combine (one setting); run "
-                         f"{', '.join(sorted(set(parts) - set(COMBINABLE)))} on its own")
+                                         f"{', '.join(alone)} on its own")
     return parts
 
 
@@ -498,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             print(report(args.results))
             return 0
         if args.add_ratios:
+            if not args.results.is_dir():
+                raise MgtoolError(f"{args.results}: no such results folder (give --results)")
             for setting in sorted(p.name for p in args.results.iterdir() if p.is_dir()):
                 for arm_id in gt.add_grown_ratios(args.results / setting, args.out / setting):
                     print(f"{setting}/{arm_id}.json: grown_ratios added")

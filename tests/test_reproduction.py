@@ -336,6 +336,8 @@ def test_ratios_are_added_to_result_files_that_predate_them(ran, tmp_path: Path,
                                                              indent=1, sort_keys=True) + "\n")
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "primary").symlink_to(root / "runs")  # the sweep's layout: <out>/<setting>/<arm>
+    assert rs.main(["--add-ratios", "--results", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 1
+    assert "nowhere: no such results folder" in capsys.readouterr().err
     assert rs.main(["--add-ratios", "--results", str(tmp_path), "--out", str(tmp_path / "runs")]) == 0
     assert "primary/mg-S-A-b0.45-s0.json: grown_ratios added" in capsys.readouterr().out
     assert {p.name: json.loads(p.read_text()) for p in (tmp_path / "primary").glob("*.json")} == files
