@@ -135,7 +135,7 @@ def part_keys(part: str, choices: Choices | None, best: str | None = None) -> li
     if part == "table2":
         return ["nofusion-untrained"] + [f"{mg}-p{p:g}" for p in GROWTH_POINTS] + [mg]
     if part == "secondary":
-        return [mg, best or "", "large", "large-match", "small", "small-tm", "net2", "small-match",
+        return [mg, *([best] if best else []), "large", "large-match", "small", "small-tm", "net2", "small-match",
                 "mg-L-B", "tm-large-match"]  # the last two: amendment 8
     if part == "gpu":  # what fits 10 minutes of an H100 (bench/reproduction_gpu.sh)
         return ["small", "small-match", "large", "large-match", f"random-{choices.protocol}",
@@ -244,13 +244,15 @@ def blocked(arm: gt.Arm) -> str | None:
     return None
 
 
-def best_baseline(results: Path) -> str:
-    """The primary setting's best growth baseline (Random/Net2Net, either protocol) by mean top-1."""
+def best_baseline(results: Path) -> tuple[str | None, str]:
+    """The primary setting's best growth baseline (Random/Net2Net, either protocol) by mean top-1 over
+    seeds 0, 1, 2 (PLAN.md), or None and what is missing while any baseline lacks a seed."""
     grouped = by_arm(results)
-    if not any(grouped.get(k) for k in BASELINES):
-        raise MgtoolError(f"{results}: no Random or Net2Net results yet; run --part table1 first (the secondary "
-                          "setting runs the primary setting's best baseline)")
-    return _best(grouped, BASELINES)
+    missing = [f"{k} (has {', '.join(str(r['seed']) for r in grouped.get(k, [])) or 'none'})" for k in BASELINES
+               if sorted(r["seed"] for r in grouped.get(k, [])) != list(SEEDS)]
+    if missing:
+        return None, "; ".join(missing)
+    return _best(grouped, BASELINES), ""
 
 
 # ---------------------------------------------------------------------- report
@@ -513,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         default_seeds = {"pilot": "0,1", "gpu": "0"}.get(part, "0,1,2")
         seeds = [int(s) for s in (args.seeds or default_seeds).split(",") if s.strip()]
         choices = None if part == "pilot" else demo_choices(args.init_scale, args.protocol)
-        best = best_baseline(args.results / "primary") if part == "secondary" else None
+        best, missing = best_baseline(args.results / "primary") if part == "secondary" else (None, "")
+        if part == "secondary" and best is None and (args.arms is None or set(args.arms.split(",")) & set(BASELINES)):
+            raise MgtoolError(f"the secondary setting runs the primary setting's best baseline by its mean over seeds "
+                              f"0, 1, 2, not known yet: {missing}; run the primary's table1 first, or the secondary's "
+                              f"other arms with --arms")
         out = (args.out / setting).resolve()
         keys = list(dict.fromkeys(k for p in parts for k in part_keys(p, choices, best)))
         if args.arms is not None:

@@ -141,7 +141,21 @@ def test_a_part_that_needs_the_demo_defaults_fails_in_one_line(monkeypatch, caps
     assert capsys.readouterr().out.split() == ["small-s0", "small-s1"]
     assert rs.main(["--part", "secondary", "--init-scale", "1", "--protocol", "authors",
                     "--results", str(tmp_path)]) == 1
-    assert "run --part table1 first" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "best baseline by its mean over seeds 0, 1, 2, not known yet: random-A (has none)" in err
+    write(tmp_path / "primary", [fake(k, seed, 0.8 + 0.01 * i) for i, k in enumerate(rs.BASELINES)
+                                 for seed in (0, 1, 2) if (k, seed) != ("random-A", 2)])
+    secondary = ["--part", "secondary", "--init-scale", "1", "--protocol", "lr0.1", "--results", str(tmp_path),
+                 "--dry-run"]
+    assert rs.main(secondary) == 1  # one seed short: the best is not chosen early
+    assert "not known yet: random-A (has 0, 1)" in capsys.readouterr().err
+    assert rs.main([*secondary, "--arms", "large,mg-L-B"]) == 0  # the arms that do not need it may run
+    listed = capsys.readouterr().out.split()
+    assert {"large-s2", "mg-L-B-b0.45-s2", "net2-s2"} <= set(listed)  # with the nets mg-L-B grows
+    assert not any(a.startswith(("random-", "net2net-")) for a in listed)
+    write(tmp_path / "primary", [fake("random-A", 2, 0.8)])
+    assert rs.main(secondary) == 0
+    assert "net2net-B-b0.45-s0" in capsys.readouterr().out  # the best by mean over the three seeds
 
 
 def test_primary_tables_combine_into_one_worker_list(capsys, tmp_path: Path) -> None:
