@@ -508,22 +508,22 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{setting}/{arm_id}.json: grown_ratios added")
             return 0
         if args.part is None:
-            raise MgtoolError("give --part pilot|table1|table4|table2|secondary|gpu, or --report")
+            raise MgtoolError(f"give --part {'|'.join(PARTS)}, or --report")
         parts = args.part
         part = parts[0]
         setting = {"secondary": "secondary", "gpu": "gpu"}.get(part, "primary")
         default_seeds = {"pilot": "0,1", "gpu": "0"}.get(part, "0,1,2")
         seeds = [int(s) for s in (args.seeds or default_seeds).split(",") if s.strip()]
         choices = None if part == "pilot" else demo_choices(args.init_scale, args.protocol)
+        only = None if args.arms is None else [k.strip() for k in args.arms.split(",") if k.strip()]
         best, missing = best_baseline(args.results / "primary") if part == "secondary" else (None, "")
-        if part == "secondary" and best is None and (args.arms is None or set(args.arms.split(",")) & set(BASELINES)):
+        if part == "secondary" and best is None and (only is None or set(only) & set(BASELINES)):
             raise MgtoolError(f"the secondary setting runs the primary setting's best baseline by its mean over seeds "
                               f"0, 1, 2, not known yet: {missing}; run the primary's table1 first, or the secondary's "
                               f"other arms with --arms")
         out = (args.out / setting).resolve()
         keys = list(dict.fromkeys(k for p in parts for k in part_keys(p, choices, best)))
-        if args.arms is not None:
-            only = [k.strip() for k in args.arms.split(",") if k.strip()]
+        if only is not None:
             if not only or set(only) - set(keys):
                 raise MgtoolError(f"--arms: {', '.join(sorted(set(only) - set(keys))) or 'none given'} not in part "
                                   f"{','.join(parts)} (its arms: {', '.join(keys)})")
