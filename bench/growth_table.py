@@ -289,7 +289,7 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
 
     results.mkdir(parents=True, exist_ok=True)
     grown = {n for arm in arms for n in arm.needs}
-    pending = list(arms)
+    pending, waiting = list(arms), set()
     while pending:
         left, busy = [], False
         for arm in pending:
@@ -302,10 +302,14 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
                 left.append(arm)
                 continue
             restore_nets(arm, results)
-            log(f"{arm.id}: running")
+            if arm.id not in waiting:
+                log(f"{arm.id}: running")
             try:
                 summary = run_pipeline(recipe_from_dict(arm.recipe), out / arm.id, command=command, quiet=True)
             except FolderBusy:
+                if arm.id not in waiting:  # said once, not every 10 s while the other worker runs it
+                    log(f"{arm.id}: another worker runs it; waiting for its result")
+                    waiting.add(arm.id)
                 left.append(arm)
                 busy = True
                 continue

@@ -132,6 +132,33 @@ def test_a_net_that_is_nowhere_is_named_with_the_way_out(sweep, tmp_path: Path) 
     assert not (results / f"{zero[0].id}.json").exists()
 
 
+def test_an_arm_another_worker_runs_is_awaited_and_logged_once(sweep, tmp_path: Path, monkeypatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    gt, root, _, chosen = sweep
+    import mgtool.pipeline
+
+    arm = next(a for a in chosen if a.key == "large")
+    results = tmp_path / "results"
+    results.mkdir()
+    calls, naps = [], []
+
+    def held(*args, **kwargs):
+        calls.append(args)
+        raise gt.FolderBusy("held")
+
+    def nap(seconds: float) -> None:  # the other worker finishes during the third wait
+        naps.append(seconds)
+        if len(naps) == 3:
+            shutil.copy(root / "results" / f"{arm.id}.json", results / f"{arm.id}.json")
+
+    monkeypatch.setattr(mgtool.pipeline, "run_pipeline", held)
+    monkeypatch.setattr(gt.time, "sleep", nap)
+    assert gt.run_arms([arm], tmp_path / "runs", results, "pytest") == 0
+    assert len(calls) == 3 and naps == [10, 10, 10]
+    err = capsys.readouterr().err
+    assert err.count(f"{arm.id}: running") == 1 and err.count("another worker runs it") == 1
+
+
 def test_report_is_rebuilt_byte_for_byte_from_the_result_files_alone(sweep, tmp_path: Path) -> None:
     gt, root, _, _ = sweep
     copy = tmp_path / "results"
