@@ -1,0 +1,102 @@
+"""docs/ARCHITECTURE.md stays true: every module sits in its table, and no import, those inside
+functions included, reaches a layer above the importer's."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "ARCHITECTURE.md"
+RANK = {"errors": 0, "core": 1, "library": 2, "orchestration": 3, "cli": 4}
+ENTRY_POINTS = ("mgtool/__main__.py",)  # runs the CLI; nothing imports it
+
+
+def documented_layers() -> dict[str, str]:
+    """Module path -> layer, from the module table (its bold rows open a layer; before the first, errors)."""
+    text = DOC.read_text()
+    table = text[text.index("| module | one job |"):text.index("## Each command's data flow")]
+    layers, layer = {}, "errors"
+    for line in table.splitlines():
+        if heading := re.match(r"\| \*\*(\w+)\*\* \|", line):
+            layer = heading.group(1)
+        elif row := re.match(r"\| `(mgtool/[^`]+)` \|", line):
+            path = row.group(1)
+            brace = re.search(r"\{([^}]*)\}", path)  # mgtool/train/{paths,state}.py
+            names = brace.group(1).split(",") if brace else [""]
+            for name in names:
+                layers[path[:brace.start()] + name + path[brace.end():] if brace else path] = layer
+    assert set(layers.values()) <= set(RANK), set(layers.values()) - set(RANK)
+    return layers
+
+
+def modules() -> dict[str, str]:
+    """Dotted module name -> path, for every file of the package."""
+    found = {}
+    for f in sorted((ROOT / "mgtool").rglob("*.py")):
+        path = f.relative_to(ROOT).as_posix()
+        found[path[:-3].replace("/", ".").removesuffix(".__init__")] = path
+    return found
+
+
+LAYERS, MODULES = documented_layers(), modules()
+
+
+def layer(module: str) -> str:
+    """A module's layer; a package's is its modules' layer (they must agree)."""
+    if MODULES.get(module) in LAYERS:
+        return LAYERS[MODULES[module]]
+    inner = {LAYERS[p] for m, p in MODULES.items() if m.startswith(module + ".") and p in LAYERS}
+    assert len(inner) == 1, f"{module}: no single documented layer ({sorted(inner)})"
+    return inner.pop()
+
+
+def imported(path: str) -> set[str]:
+    """The mgtool modules a file imports anywhere in it (``from pkg import module`` names the module)."""
+    name = path[:-3].replace("/", ".")
+    package = name.removesuffix(".__init__") if path.endswith("__init__.py") else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            submodules = {f"{base}.{a.name}" for a in node.names} & set(MODULES)
+            found |= submodules or {base}
+    return {m for m in found if m == "mgtool" or m.startswith("mgtool.")}
+
+
+def test_every_module_is_in_the_architecture_table() -> None:
+    undocumented = [p for p in MODULES.values()
+                    if p not in LAYERS and not p.endswith("/__init__.py") and p not in ENTRY_POINTS]
+    assert undocumented == [], f"add these to docs/ARCHITECTURE.md's module table: {undocumented}"
+    stale = sorted(set(LAYERS) - set(MODULES.values()))
+    assert stale == [], f"docs/ARCHITECTURE.md names modules that do not exist: {stale}"
+
+
+@pytest.mark.parametrize("path", sorted(p for p in MODULES.values() if p not in ENTRY_POINTS))
+def test_no_import_reaches_a_layer_above(path: str) -> None:
+    mine = LAYERS.get(path) or layer(path[:-3].replace("/", ".").removesuffix(".__init__"))
+    upward = {m: layer(m) for m in imported(path) if m != "mgtool" and RANK[layer(m)] > RANK[mine]}
+    assert upward == {}, f"{path} ({mine}) imports from higher layers: {upward}"
+
+
+def test_the_named_import_rules_hold() -> None:
+    def importers(target: str) -> set[str]:
+        return {p for p in MODULES.values() if any(m == target or m.startswith(target + ".") for m in imported(p))}
+
+    cli = {p for p in MODULES.values() if p.startswith("mgtool/cli/")}
+    assert importers("mgtool.cli") <= cli | set(ENTRY_POINTS)
+    assert not any(p.startswith("mgtool/data/") for p in importers("mgtool.train"))
+    assert importers("mgtool.convert") <= cli | {"mgtool/convert.py", "mgtool/pipeline.py", "mgtool/__init__.py"}
+    assert imported("mgtool/mixing.py") == set()
+    tree = ast.parse((ROOT / "mgtool/train/settings.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in names if m.split(".")[0] == "torch"}, "mgtool.train.settings must not import torch"
