@@ -24,22 +24,21 @@ def documented_layers() -> dict[str, str]:
         if heading := re.match(r"\| \*\*(\w+)\*\* \|", line):
             layer = heading.group(1)
         elif row := re.match(r"\| `(mgtool/[^`]+)` \|", line):
-            path = row.group(1)
-            brace = re.search(r"\{([^}]*)\}", path)  # mgtool/train/{paths,state}.py
-            names = brace.group(1).split(",") if brace else [""]
-            for name in names:
-                layers[path[:brace.start()] + name + path[brace.end():] if brace else path] = layer
+            head, alternatives, tail = re.fullmatch(r"([^{]*)(?:\{([^}]*)\})?(.*)", row.group(1)).groups()
+            for name in alternatives.split(",") if alternatives else [""]:  # mgtool/train/{paths,state}.py
+                layers[head + name + tail] = layer
     assert set(layers.values()) <= set(RANK), set(layers.values()) - set(RANK)
     return layers
 
 
+def dotted(path: str) -> str:
+    """mgtool/fuse/api.py -> mgtool.fuse.api; a package's __init__.py -> the package."""
+    return path.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+
+
 def modules() -> dict[str, str]:
     """Dotted module name -> path, for every file of the package."""
-    found = {}
-    for f in sorted((ROOT / "mgtool").rglob("*.py")):
-        path = f.relative_to(ROOT).as_posix()
-        found[path[:-3].replace("/", ".").removesuffix(".__init__")] = path
-    return found
+    return {dotted(p): p for p in sorted(f.relative_to(ROOT).as_posix() for f in (ROOT / "mgtool").rglob("*.py"))}
 
 
 LAYERS, MODULES = documented_layers(), modules()
@@ -54,10 +53,9 @@ def layer(module: str) -> str:
     return inner.pop()
 
 
-def imported(path: str) -> set[str]:
-    """The mgtool modules a file imports anywhere in it (``from pkg import module`` names the module)."""
-    name = path[:-3].replace("/", ".")
-    package = name.removesuffix(".__init__") if path.endswith("__init__.py") else name.rpartition(".")[0]
+def imports(path: str) -> set[str]:
+    """Every module a file imports anywhere in it, absolute (``from pkg import module`` names the module)."""
+    package = dotted(path) if path.endswith("__init__.py") else dotted(path).rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse((ROOT / path).read_text())):
         if isinstance(node, ast.Import):
@@ -69,7 +67,12 @@ def imported(path: str) -> set[str]:
                 base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
             submodules = {f"{base}.{a.name}" for a in node.names} & set(MODULES)
             found |= submodules or {base}
-    return {m for m in found if m == "mgtool" or m.startswith("mgtool.")}
+    return found
+
+
+def imported(path: str) -> set[str]:
+    """The mgtool modules a file imports."""
+    return {m for m in imports(path) if m == "mgtool" or m.startswith("mgtool.")}
 
 
 def test_every_module_is_in_the_architecture_table() -> None:
@@ -82,7 +85,7 @@ def test_every_module_is_in_the_architecture_table() -> None:
 
 @pytest.mark.parametrize("path", sorted(p for p in MODULES.values() if p not in ENTRY_POINTS))
 def test_no_import_reaches_a_layer_above(path: str) -> None:
-    mine = LAYERS.get(path) or layer(path[:-3].replace("/", ".").removesuffix(".__init__"))
+    mine = layer(dotted(path))
     upward = {m: layer(m) for m in imported(path) if m != "mgtool" and RANK[layer(m)] > RANK[mine]}
     assert upward == {}, f"{path} ({mine}) imports from higher layers: {upward}"
 
@@ -96,7 +99,5 @@ def test_the_named_import_rules_hold() -> None:
     assert not any(p.startswith("mgtool/data/") for p in importers("mgtool.train"))
     assert importers("mgtool.convert") <= cli | {"mgtool/convert.py", "mgtool/pipeline.py", "mgtool/__init__.py"}
     assert imported("mgtool/mixing.py") == set()
-    tree = ast.parse((ROOT / "mgtool/train/settings.py").read_text())
-    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert not {m for m in names if m.split(".")[0] == "torch"}, "mgtool.train.settings must not import torch"
+    assert not any(m.split(".")[0] == "torch" for m in imports("mgtool/train/settings.py")), \
+        "mgtool.train.settings must not import torch"
