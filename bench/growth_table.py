@@ -283,15 +283,17 @@ def result_of(arm: Arm, summary: dict[str, Any], command: str, sweep: str) -> di
             "wall_s": sum(e.get("wall_s", 0.0) for e in ledger["stages"].values())}
 
 
-def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str = SWEEP) -> int:
-    """Run every arm not yet in ``results``; arms another worker holds are retried until it is done."""
+def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str = SWEEP,
+             leave_held: bool = False) -> int:
+    """Run every arm not yet in ``results``; arms another worker holds are retried until it is done, or,
+    with ``leave_held``, left to it once nothing else can run (so a worker need not idle at a part's end)."""
     from mgtool.pipeline import run_pipeline
 
     results.mkdir(parents=True, exist_ok=True)
     grown = {n for arm in arms for n in arm.needs}
     pending, waiting = list(arms), set()
     while pending:
-        left, busy = [], False
+        left, busy, ran = [], False, False
         for arm in pending:
             path = results / f"{arm.id}.json"
             if path.exists() and recipe_identity(json.loads(path.read_text())["recipe"]) == identity(arm):
@@ -313,6 +315,7 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
                 left.append(arm)
                 busy = True
                 continue
+            ran = True
             result = result_of(arm, summary.to_dict(), command, sweep)
             if arm.id in grown:
                 keep_net(arm, out, results)
@@ -322,6 +325,9 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
             raise MgtoolError(f"{left[0].id}: an arm it grows ({', '.join(left[0].needs)}) has no result "
                               "and is not running")
         if left and busy:
+            if leave_held and not ran:
+                log(f"left to the worker that holds them (or their nets): {', '.join(a.id for a in left)}")
+                return 0
             time.sleep(10)  # another worker holds an arm: wait for it
         pending = left
     return 0

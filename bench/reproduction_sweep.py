@@ -495,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default).")
     p.add_argument("--dry-run", action="store_true", help="List the arms (and blocked ones) and stop.")
+    p.add_argument("--leave-held", action="store_true",
+                   help="Once every arm left is held by another worker (or grows a net it holds), stop instead of "
+                   "waiting for it: that worker runs them. For a loop over seeds, so no worker idles between them.")
     args = p.parse_args(argv)
     try:
         if args.report:
@@ -540,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(a.id for a in runnable))
             return 0
         command = " ".join(["python bench/reproduction_sweep.py", *(argv if argv is not None else sys.argv[1:])])
-        gt.run_arms(runnable, out, args.results / setting, command, f"{NAME}/{setting}")
+        gt.run_arms(runnable, out, args.results / setting, command, f"{NAME}/{setting}", args.leave_held)
         print(report(args.results))
     except MgtoolError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -159,6 +159,31 @@ def test_an_arm_another_worker_runs_is_awaited_and_logged_once(sweep, tmp_path: 
     assert err.count(f"{arm.id}: running") == 1 and err.count("another worker runs it") == 1
 
 
+def test_leave_held_stops_instead_of_waiting_for_held_arms_and_their_growers(sweep, tmp_path: Path, monkeypatch,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    gt, _, _, chosen = sweep
+    import mgtool.pipeline
+
+    grower = next(a for a in chosen if a.needs)
+    nets = [a for a in chosen if a.id in grower.needs]
+    calls = []
+
+    def held(recipe, folder, **kwargs):
+        calls.append(Path(folder).name)
+        raise gt.FolderBusy("held")
+
+    def nap(seconds: float) -> None:
+        raise AssertionError("a worker told to leave held arms waited")
+
+    monkeypatch.setattr(mgtool.pipeline, "run_pipeline", held)
+    monkeypatch.setattr(gt.time, "sleep", nap)
+    results = tmp_path / "results"
+    assert gt.run_arms([*nets, grower], tmp_path / "runs", results, "pytest", leave_held=True) == 0
+    assert sorted(calls) == sorted(a.id for a in nets)  # the grower is never started without its nets
+    assert not list(results.glob("*.json"))
+    assert "left to the worker that holds them (or their nets): " in capsys.readouterr().err
+
+
 def test_report_is_rebuilt_byte_for_byte_from_the_result_files_alone(sweep, tmp_path: Path) -> None:
     gt, root, _, _ = sweep
     copy = tmp_path / "results"
