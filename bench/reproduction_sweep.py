@@ -2,6 +2,7 @@
 
     python bench/reproduction_sweep.py --part pilot --threads 1       # one part (resumable; reproduction/RUNNING.md)
     python bench/reproduction_sweep.py --part table1,table4,table2 --seeds 1   # a seed's tables, one list
+    python bench/reproduction_sweep.py --part init-l --seeds 0 --leave-held   # amendment 9's post-hoc arms
     python bench/reproduction_sweep.py --report                       # tables + Fig. 3b from the result files alone
 
 The arms of PLAN.md, as recipes on the sweep machinery of bench/growth_table.py (its ``Arm``,
@@ -71,13 +72,20 @@ INIT_L = ("mg-L-A", "mg-L-B")  # the authors' literal init; amendment 7's post-h
 INIT_L_HEADINGS = {
     "primary": "### Orderings with init L at its better protocol ({mg_l}; post hoc, PLAN.md amendment 7)\n\n"
                "Added after seed 0 of the primary setting showed init S's coefficients at 33-255x the learned "
-               "ones; the pre-registered orderings above stay the verdict's.",
+               "ones; the pre-registered orderings above stay the verdict's. The fusion, Table 4 and Table 2 "
+               "rows (amendment 9, protocol B) appear once any of their arms has run.",
     "secondary": "### Orderings with init L, protocol B ({mg_l}; pre-registered for this setting, PLAN.md "
                  "amendment 8)\n\nWritten before the secondary setting's first arm, after amendment 7's post-hoc "
                  "finding on the primary setting.",
 }
 TABLE4_INITS = ("orthogonal", "random", "copy", "zero")
 GROWTH_POINTS = (0.25, 0.5, 0.75)
+# PLAN.md amendment 9 (post hoc): Table 4, Table 2 and w/o fusion at init L, protocol B; keys end in -L where
+# the arm differs from its init-S twin (zero has no norm, so Table 4's zero row is t4-zero, at P* = B too)
+INIT_L_PROTOCOL = "B"
+INIT_L_T4 = {"orthogonal": f"mg-L-{INIT_L_PROTOCOL}", "random": "t4-random-L", "copy": "t4-copy-L", "zero": "t4-zero"}
+INIT_L_ARMS = ("nofusion-reuse-L", "nofusion-untrained-L", "t4-random-L", "t4-copy-L",
+               *(f"mg-L-{INIT_L_PROTOCOL}-p{p:g}" for p in GROWTH_POINTS))
 BUDGET_FREE = ("large", "small", "small-tm", "net2", "tm-large")
 SEEDS = (0, 1, 2)
 
@@ -134,6 +142,8 @@ def part_keys(part: str, choices: Choices | None, best: str | None = None) -> li
         return [mg] + [f"t4-{init}" for init in TABLE4_INITS[1:]]
     if part == "table2":
         return ["nofusion-untrained"] + [f"{mg}-p{p:g}" for p in GROWTH_POINTS] + [mg]
+    if part == "init-l":
+        return list(INIT_L_ARMS)
     if part == "secondary":
         return [mg, *([best] if best else []), "large", "large-match", "small", "small-tm", "net2", "small-match",
                 "mg-L-B", "tm-large-match"]  # the last two: amendment 8
@@ -143,8 +153,8 @@ def part_keys(part: str, choices: Choices | None, best: str | None = None) -> li
     raise MgtoolError(f"unknown part {part!r}")
 
 
-PARTS = ("pilot", "table1", "table4", "table2", "secondary", "gpu")
-COMBINABLE = ("table1", "table4", "table2")  # one setting (primary), so their arms can share one worker list
+PARTS = ("pilot", "table1", "table4", "table2", "init-l", "secondary", "gpu")
+COMBINABLE = ("table1", "table4", "table2", "init-l")  # one setting (primary), so their arms can share one worker list
 
 
 def parse_parts(text: str) -> list[str]:
@@ -179,15 +189,18 @@ def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
             method, protocol = name, rest
         elif key.startswith("mg-"):  # mg-{L,S}-{A,B}[-pP]
             init, protocol, *point = rest.split("-")
-            fuse = {"init": "orthogonal", "init_norm": "unit"} if init == "L" else scaled("orthogonal")
+            fuse = coefficients("orthogonal", literal=init == "L")
             if point:
                 net2 = {"train": train, "growth_point": float(point[0][1:]), "seed": gt.NET2_SEED + seed}
         elif key.startswith("t4-"):
-            fuse, protocol = (scaled(rest) if rest != "zero" else {"init": "zero"}), choices.protocol
-        elif key == "nofusion-reuse":  # w/o fusion differs from MixtureGrowth (init S, P*) in fusion alone
-            fuse, protocol = {**scaled("orthogonal"), "fusion": False}, choices.protocol
-        elif key == "nofusion-untrained":  # the authors' w/o fusion: net 2 untrained (train-small --epochs 0)
-            fuse, protocol = scaled("orthogonal"), choices.protocol  # Table 2's point 0: init S
+            init = rest.removesuffix("-L")
+            fuse, protocol = coefficients(init, literal=rest != init), init_protocol(rest != init)
+        elif key.removesuffix("-L") == "nofusion-reuse":  # differs from MixtureGrowth (same init) in fusion alone
+            literal = key.endswith("-L")
+            fuse, protocol = {**coefficients("orthogonal", literal), "fusion": False}, init_protocol(literal)
+        elif key.removesuffix("-L") == "nofusion-untrained":  # the authors' w/o fusion: net 2 untrained
+            literal = key.endswith("-L")  # Table 2's point 0
+            fuse, protocol = coefficients("orthogonal", literal), init_protocol(literal)
             net2 = {"train": {**train, "epochs": 0}, "seed": gt.NET2_SEED + seed}
         else:
             raise MgtoolError(f"unknown arm {key!r}")
@@ -203,10 +216,17 @@ def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
             recipe["recalibrate"] = RECALIBRATE_SECTION
         return recipe, needs
 
-    def scaled(init: str) -> dict[str, Any]:
-        if choices.init_scale is None:
-            return {"init": init}
-        return {"init": init, "init_scale": choices.init_scale}
+    def coefficients(init: str, literal: bool) -> dict[str, Any]:
+        """Init L: the authors' literal vectors (unit orthogonal, uniform random; copy at its own norm);
+        init S: scaled to s*. Zero has no norm."""
+        if init == "zero":
+            return {"init": "zero"}
+        if literal:
+            return {"init": init, "init_norm": "unit"} if init in ("orthogonal", "random") else {"init": init}
+        return {"init": init} if choices.init_scale is None else {"init": init, "init_scale": choices.init_scale}
+
+    def init_protocol(literal: bool) -> str:
+        return INIT_L_PROTOCOL if literal else choices.protocol
 
     wanted: dict[str, gt.Arm] = {}
 
@@ -370,9 +390,9 @@ def _paired(grouped: dict[str, list[dict[str, Any]]], a: str, b: str, strict: bo
             mean > 0 if strict else mean >= 0)
 
 
-def _growth_trend(grouped: dict[str, list[dict[str, Any]]], mg: str) -> tuple[str, bool | None]:
+def _growth_trend(grouped: dict[str, list[dict[str, Any]]], mg: str, untrained: str) -> tuple[str, bool | None]:
     """Table 2: least-squares slope of mean top-1 against the growth point, and point 1 vs point 0."""
-    keys = ["nofusion-untrained"] + [f"{mg}-p{p:g}" for p in GROWTH_POINTS] + [mg]
+    keys = [untrained] + [f"{mg}-p{p:g}" for p in GROWTH_POINTS] + [mg]
     points = [0.0, *GROWTH_POINTS, 1.0]
     if not all(grouped.get(k) for k in keys):
         return "-", None
@@ -384,31 +404,49 @@ def _growth_trend(grouped: dict[str, list[dict[str, Any]]], mg: str) -> tuple[st
             slope >= 0 and means[-1] >= means[0])
 
 
-def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, init_s_rows: bool = True) -> str:
+def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, twins: tuple[str, str] | None) -> str:
     """The verdict's orderings, decided by PLAN.md's amendment 3, and amendment 5's step-controlled line.
-    Without ``init_s_rows``, only the rows whose other side does not depend on the coefficient init (the
-    baselines, Small Match): the w/o-fusion arms and Tables 4 and 2 are at init S, so against another
-    init (amendment 7) they would mix fusion, init or growth point with the init itself."""
+    ``twins`` is (MixtureGrowth arm, key suffix) of the w/o-fusion, Table 4 and Table 2 arms at that arm's
+    init ("" for init S, "-L" for amendment 9's init L); None leaves those rows out, since against another
+    init they would mix fusion, init or growth point with the init itself (amendment 7's correction)."""
     random, net2net = _best(grouped, ("random-A", "random-B")), _best(grouped, ("net2net-A", "net2net-B"))
     rows = [("MixtureGrowth above Random", f"{mg} - {random}", _paired(grouped, mg, random, True)),
             ("MixtureGrowth above Net2Net", f"{mg} - {net2net}", _paired(grouped, mg, net2net, True))]
-    if init_s_rows:
-        rows += [("fusion above w/o fusion (templates reused)", f"{mg} - nofusion-reuse",
-                  _paired(grouped, mg, "nofusion-reuse", True)),
-                 ("fusion above w/o fusion (untrained member)", f"{mg} - nofusion-untrained",
-                  _paired(grouped, mg, "nofusion-untrained", True)),
-                 ("orthogonal >= random", f"{mg} - t4-random", _paired(grouped, mg, "t4-random", False)),
-                 ("random > copy", "t4-random - t4-copy", _paired(grouped, "t4-random", "t4-copy", True)),
-                 ("late growth >= early growth", "Table 2, points 0 to 1", _growth_trend(grouped, mg))]
+    if twins is not None:
+        grower, sfx = twins
+        reuse, untrained, rnd, copy = (f"{k}{sfx}" for k in ("nofusion-reuse", "nofusion-untrained", "t4-random",
+                                                             "t4-copy"))
+        rows += [("fusion above w/o fusion (templates reused)", f"{grower} - {reuse}",
+                  _paired(grouped, grower, reuse, True)),
+                 ("fusion above w/o fusion (untrained member)", f"{grower} - {untrained}",
+                  _paired(grouped, grower, untrained, True)),
+                 ("orthogonal >= random", f"{grower} - {rnd}", _paired(grouped, grower, rnd, False)),
+                 ("random > copy", f"{rnd} - {copy}", _paired(grouped, rnd, copy, True)),
+                 ("late growth >= early growth", "Table 2, points 0 to 1", _growth_trend(grouped, grower, untrained))]
     rows.append(("MixtureGrowth above Small Match (informative)", f"{mg} - small-match",
                  _paired(grouped, mg, "small-match", True)))
-    if not init_s_rows:  # amendment 8: does growing add anything to template mixing itself?
+    if mg in INIT_L:  # amendment 8: does growing add anything to template mixing itself?
         rows.append(("MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative)",
                      f"{mg} - tm-large-match", _paired(grouped, mg, "tm-large-match", True)))
     word = {True: "yes", False: "**no**", None: "not decided"}
     lines = ["| ordering | comparison | figures | holds |", "|---|---|---|---|"]
     lines += [f"| {name} | {what} | {figures} | {word[holds]} |" for name, what, (figures, holds) in rows]
     return "\n".join(lines)
+
+
+def init_l_tables(grouped: dict[str, list[dict[str, Any]]]) -> str:
+    """Amendment 9's arms: Table 4, w/o fusion and Table 2 at init L, protocol B (post hoc)."""
+    mg = f"mg-L-{INIT_L_PROTOCOL}"
+    nofusion = [("MixtureGrowth (fused with net 2)", mg), ("w/o fusion, net 1's templates reused", "nofusion-reuse-L"),
+                ("w/o fusion, untrained second member", "nofusion-untrained-L")]
+    t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained-L")] + [
+        (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
+    return (f"### Table 4 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
+            f"{table('Coefficient init', list(INIT_L_T4.items()), grouped)}\n\n"
+            f"### w/o fusion at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
+            f"{table('Method', nofusion, grouped)}\n\n"
+            f"### Table 2 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
+            f"{table('Growth point', t2, grouped)}\n")
 
 
 def mg_key(grouped: dict[str, list[dict[str, Any]]]) -> str:
@@ -446,15 +484,19 @@ def report(root: Path) -> str:
         t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained")] + [
             (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
         texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n{table('Growth point', t2, grouped)}\n")
-        texts.append(f"### Orderings (PLAN.md amendments 3 and 5)\n\n{orderings_markdown(grouped, mg)}\n")
+        texts.append(f"### Orderings (PLAN.md amendments 3 and 5)\n\n{orderings_markdown(grouped, mg, (mg, ''))}\n")
         gaps = pilot_gaps(grouped)
         if gaps is not None and not amended_go(gaps):
             texts.append("Not counted in the verdict: this setting's pilot is no-go under amendment 5's rule "
                          "(PLAN.md amendment 6: where width does not help, growth cannot be tested).\n")
+        literal = any(grouped.get(k) for k in INIT_L_ARMS)
+        if literal:
+            texts.append(init_l_tables(grouped))
         if any(grouped.get(k) for k in INIT_L):
             mg_l = _best(grouped, INIT_L)
+            twins = (f"mg-L-{INIT_L_PROTOCOL}", "-L") if literal else None
             texts.append(f"{INIT_L_HEADINGS.get(setting, INIT_L_HEADINGS['primary']).format(mg_l=mg_l)}\n\n"
-                         f"{orderings_markdown(grouped, mg_l, init_s_rows=False)}\n")
+                         f"{orderings_markdown(grouped, mg_l, twins)}\n")
     text = "\n".join(texts)
     gt.atomic_write(root / "tables.md", lambda tmp: Path(tmp).write_text(text))
     primary = settings["primary"]
@@ -475,9 +517,9 @@ def report(root: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", type=parse_parts,
-                   help="pilot, table1, table4, table2, secondary or gpu; the primary tables combine with commas "
-                   "(table1,table4,table2: one worker list, so a worker waits only when every arm left in all of "
-                   "them is held by another)")
+                   help="pilot, table1, table4, table2, init-l, secondary or gpu; the primary setting's parts "
+                   "combine with commas (table1,table4,table2: one worker list, so a worker waits only when every arm "
+                   "left in all of them is held by another). init-l: PLAN.md amendment 9's post-hoc arms.")
     p.add_argument("--report", action="store_true", help="Only rebuild tables.md and fig3b.png from the results.")
     p.add_argument("--add-ratios", action="store_true",
                    help="Only add the grown nets' coefficient and tile ratios to result files written before they "

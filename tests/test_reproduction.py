@@ -98,6 +98,28 @@ def test_every_plan_arm_is_a_recipe_with_the_plan_settings(tmp_path: Path) -> No
         "large-s0", "small-match-b0.45-s0", "small-s0", "large-s1", "small-match-b0.45-s1", "small-s1"]
 
 
+def test_amendment_9_runs_tables_4_and_2_and_w_o_fusion_at_init_l_protocol_b(tmp_path: Path) -> None:
+    choices = rs.Choices(0.25, "A")  # P* = A: amendment 9's arms are at protocol B all the same
+    assert rs.parse_parts("table1,init-l") == ["table1", "init-l"]
+    keys = rs.part_keys("init-l", choices)
+    assert set(keys) == set(rs.INIT_L_ARMS) and "t4-zero" not in keys and "mg-L-B" not in keys  # both ran
+    by = {a.id: a for a in rs.arms_for(rs.base_recipe("primary", "/data", "cpu", 1), keys, [1], tmp_path, choices)}
+    b = {"epochs": 60, "batch_size": 128, "lr": 0.1, "coef_weight_decay": 0.0}
+    grown = [a for a in by.values() if a.needs]
+    assert len(grown) == 7 and all(a.recipe["finetune"]["train"] == b for a in grown)
+    assert by["t4-random-L-b0.45-s1"].recipe["fuse"] == {"init": "random", "init_norm": "unit", "seed": 1}
+    assert by["t4-copy-L-b0.45-s1"].recipe["fuse"] == {"init": "copy", "seed": 1}  # its own norm, no s*
+    assert by["t4-copy-L-b0.45-s1"].needs == ("small-tm-s1", "net2-s1")
+    assert by["nofusion-reuse-L-b0.45-s1"].recipe["fuse"] == {"init": "orthogonal", "init_norm": "unit",
+                                                              "fusion": False, "seed": 1}
+    untrained = by["nofusion-untrained-L-b0.45-s1"].recipe
+    assert untrained["fuse"] == {"init": "orthogonal", "init_norm": "unit", "seed": 1}
+    assert untrained["net2"]["train"]["epochs"] == 0
+    late = by["mg-L-B-p0.75-b0.45-s1"].recipe
+    assert late["fuse"]["init_norm"] == "unit" and late["net2"]["growth_point"] == 0.75
+    assert all(rs.blocked(a) is None for a in by.values())
+
+
 def test_arms_the_recipe_cannot_express_yet_are_blocked_with_the_reason(tmp_path: Path) -> None:
     from mgtool.recipe import FuseSection
 
@@ -170,7 +192,7 @@ def test_primary_tables_combine_into_one_worker_list(capsys, tmp_path: Path) -> 
     combined = listed["table1,table4,table2"]
     growers = [i for i, a in enumerate(combined) if a.startswith(("mg-", "t4-", "random-", "net2net-", "nofusion-"))]
     assert min(growers) > combined.index("small-tm-s1")  # nets with nothing to wait for come first
-    for bad, message in (("table1,secondary", "only table1, table4, table2 combine"),
+    for bad, message in (("table1,secondary", "only table1, table4, table2, init-l combine"),
                          ("table9", "table9 is not a part")):
         with pytest.raises(SystemExit) as exit_info:
             rs.main(["--part", bad, "--dry-run", *choice])
@@ -254,6 +276,31 @@ def test_post_hoc_orderings_take_init_l_at_its_better_protocol_against_init_free
     assert "w/o fusion" not in post  # the w/o-fusion arms are at init S: against init L it would mix the two
     assert "| MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative) | mg-L-B - " \
         "tm-large-match | - | not decided |" in post
+
+
+def test_amendment_9_tables_and_orderings_at_init_l_appear_once_its_arms_ran(tmp_path: Path) -> None:
+    write(tmp_path / "primary", [
+        fake("mg-S-B", 0, 0.84), fake("mg-L-B", 0, 0.90), fake("random-B", 0, 0.88), fake("t4-random", 0, 0.89),
+        fake("t4-zero", 0, 0.87), fake("t4-random-L", 0, 0.86), fake("t4-copy-L", 0, 0.88),
+        fake("nofusion-reuse-L", 0, 0.91), fake("nofusion-untrained-L", 0, 0.86), fake("mg-L-B-p0.25", 0, 0.87),
+        fake("mg-L-B-p0.5", 0, 0.88), fake("mg-L-B-p0.75", 0, 0.89)])
+    text = rs.report(tmp_path)
+    pre, post = text.split("### Orderings with init L at its better protocol (mg-L-B; post hoc, PLAN.md amendment 7)")
+    assert "| orthogonal >= random | mg-S-B - t4-random | -5.00 points" in pre  # init S's rows keep init S's arms
+    t4 = pre[pre.index("### Table 4 at init L, protocol B (post hoc, PLAN.md amendment 9)"):]
+    assert [line.split(" | ")[:2] for line in t4.splitlines()[4:8]] == [
+        ["| orthogonal", "90.00 ± 0.00"], ["| random", "86.00 ± 0.00"], ["| copy", "88.00 ± 0.00"],
+        ["| zero", "87.00 ± 0.00"]]
+    assert "### Table 2 at init L, protocol B (post hoc, PLAN.md amendment 9)" in pre
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in post.splitlines() if line.count(" | ") == 3}
+    assert rows["fusion above w/o fusion (templates reused)"].startswith(
+        "| fusion above w/o fusion (templates reused) | mg-L-B - nofusion-reuse-L | -1.00 points")
+    assert rows["fusion above w/o fusion (untrained member)"].endswith("+4.00; 1 of 1 agree) | yes |")
+    assert rows["orthogonal >= random"].startswith("| orthogonal >= random | mg-L-B - t4-random-L | +4.00 points")
+    assert rows["random > copy"].startswith("| random > copy | t4-random-L - t4-copy-L | -2.00 points")
+    # means 86, 87, 88, 89, 90 at points 0 ... 1: slope +4
+    assert "slope +4.00 points per unit of growth point; means 0: 86.00, 0.25: 87.00" in rows[
+        "late growth >= early growth"] and rows["late growth >= early growth"].endswith("| yes |")
 
 
 def test_amendment_8_adds_init_l_and_the_template_mixing_large_match_to_the_secondary_setting(tmp_path) -> None:
