@@ -83,9 +83,10 @@ GROWTH_POINTS = (0.25, 0.5, 0.75)
 # PLAN.md amendment 9 (post hoc): Table 4, Table 2 and w/o fusion at init L, protocol B; keys end in -L where
 # the arm differs from its init-S twin (zero has no norm, so Table 4's zero row is t4-zero, at P* = B too)
 INIT_L_PROTOCOL = "B"
-INIT_L_T4 = {"orthogonal": f"mg-L-{INIT_L_PROTOCOL}", "random": "t4-random-L", "copy": "t4-copy-L", "zero": "t4-zero"}
+MG_L = f"mg-L-{INIT_L_PROTOCOL}"
+INIT_L_T4 = {"orthogonal": MG_L, "random": "t4-random-L", "copy": "t4-copy-L", "zero": "t4-zero"}
 INIT_L_ARMS = ("nofusion-reuse-L", "nofusion-untrained-L", "t4-random-L", "t4-copy-L",
-               *(f"mg-L-{INIT_L_PROTOCOL}-p{p:g}" for p in GROWTH_POINTS))
+               *(f"{MG_L}-p{p:g}" for p in GROWTH_POINTS))
 BUDGET_FREE = ("large", "small", "small-tm", "net2", "tm-large")
 SEEDS = (0, 1, 2)
 
@@ -185,6 +186,7 @@ def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
         needs = (f"small-tm-s{seed}",)
         method, fuse, net2, protocol = "mixturegrowth", {"init": "orthogonal"}, None, None
         name, _, rest = key.partition("-")
+        twin, literal = key.removesuffix("-L"), key.endswith("-L")  # amendment 9's init-L twins of init-S arms
         if name in ("random", "net2net"):
             method, protocol = name, rest
         elif key.startswith("mg-"):  # mg-{L,S}-{A,B}[-pP]
@@ -192,14 +194,11 @@ def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
             fuse = coefficients("orthogonal", literal=init == "L")
             if point:
                 net2 = {"train": train, "growth_point": float(point[0][1:]), "seed": gt.NET2_SEED + seed}
-        elif key.startswith("t4-"):
-            init = rest.removesuffix("-L")
-            fuse, protocol = coefficients(init, literal=rest != init), init_protocol(rest != init)
-        elif key.removesuffix("-L") == "nofusion-reuse":  # differs from MixtureGrowth (same init) in fusion alone
-            literal = key.endswith("-L")
+        elif twin.startswith("t4-"):
+            fuse, protocol = coefficients(twin[3:], literal), init_protocol(literal)
+        elif twin == "nofusion-reuse":  # differs from MixtureGrowth (same init) in fusion alone
             fuse, protocol = {**coefficients("orthogonal", literal), "fusion": False}, init_protocol(literal)
-        elif key.removesuffix("-L") == "nofusion-untrained":  # the authors' w/o fusion: net 2 untrained
-            literal = key.endswith("-L")  # Table 2's point 0
+        elif twin == "nofusion-untrained":  # the authors' w/o fusion, Table 2's point 0: net 2 untrained
             fuse, protocol = coefficients("orthogonal", literal), init_protocol(literal)
             net2 = {"train": {**train, "epochs": 0}, "seed": gt.NET2_SEED + seed}
         else:
@@ -436,7 +435,7 @@ def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, twins:
 
 def init_l_tables(grouped: dict[str, list[dict[str, Any]]]) -> str:
     """Amendment 9's arms: Table 4, w/o fusion and Table 2 at init L, protocol B (post hoc)."""
-    mg = f"mg-L-{INIT_L_PROTOCOL}"
+    mg = MG_L
     nofusion = [("MixtureGrowth (fused with net 2)", mg), ("w/o fusion, net 1's templates reused", "nofusion-reuse-L"),
                 ("w/o fusion, untrained second member", "nofusion-untrained-L")]
     t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained-L")] + [
@@ -494,7 +493,7 @@ def report(root: Path) -> str:
             texts.append(init_l_tables(grouped))
         if any(grouped.get(k) for k in INIT_L):
             mg_l = _best(grouped, INIT_L)
-            twins = (f"mg-L-{INIT_L_PROTOCOL}", "-L") if literal else None
+            twins = (MG_L, "-L") if literal else None
             texts.append(f"{INIT_L_HEADINGS.get(setting, INIT_L_HEADINGS['primary']).format(mg_l=mg_l)}\n\n"
                          f"{orderings_markdown(grouped, mg_l, twins)}\n")
     text = "\n".join(texts)
