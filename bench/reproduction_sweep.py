@@ -403,34 +403,52 @@ def _growth_trend(grouped: dict[str, list[dict[str, Any]]], mg: str, untrained: 
             slope >= 0 and means[-1] >= means[0])
 
 
-def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, twins: tuple[str, str] | None) -> str:
+def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, twins: tuple[str, str] | None,
+                       planned: set[str] | None = None) -> str:
     """The verdict's orderings, decided by PLAN.md's amendment 3, and amendment 5's step-controlled line.
     ``twins`` is (MixtureGrowth arm, key suffix) of the w/o-fusion, Table 4 and Table 2 arms at that arm's
     init ("" for init S, "-L" for amendment 9's init L); None leaves those rows out, since against another
-    init they would mix fusion, init or growth point with the init itself (amendment 7's correction)."""
+    init they would mix fusion, init or growth point with the init itself (amendment 7's correction).
+    Rows comparing an arm outside ``planned`` (the setting's plan, None for all) are left out."""
     random, net2net = _best(grouped, ("random-A", "random-B")), _best(grouped, ("net2net-A", "net2net-B"))
-    rows = [("MixtureGrowth above Random", f"{mg} - {random}", _paired(grouped, mg, random, True)),
-            ("MixtureGrowth above Net2Net", f"{mg} - {net2net}", _paired(grouped, mg, net2net, True))]
+    rows = []
+
+    def row(name: str, keys: tuple[str, ...], what: str, result: tuple[str, bool | None]) -> None:
+        if planned is None or set(keys) <= planned:
+            rows.append((name, what, result))
+
+    row("MixtureGrowth above Random", (random,), f"{mg} - {random}", _paired(grouped, mg, random, True))
+    row("MixtureGrowth above Net2Net", (net2net,), f"{mg} - {net2net}", _paired(grouped, mg, net2net, True))
     if twins is not None:
         grower, sfx = twins
         reuse, untrained, rnd, copy = (f"{k}{sfx}" for k in ("nofusion-reuse", "nofusion-untrained", "t4-random",
                                                              "t4-copy"))
-        rows += [("fusion above w/o fusion (templates reused)", f"{grower} - {reuse}",
-                  _paired(grouped, grower, reuse, True)),
-                 ("fusion above w/o fusion (untrained member)", f"{grower} - {untrained}",
-                  _paired(grouped, grower, untrained, True)),
-                 ("orthogonal >= random", f"{grower} - {rnd}", _paired(grouped, grower, rnd, False)),
-                 ("random > copy", f"{rnd} - {copy}", _paired(grouped, rnd, copy, True)),
-                 ("late growth >= early growth", "Table 2, points 0 to 1", _growth_trend(grouped, grower, untrained))]
-    rows.append(("MixtureGrowth above Small Match (informative)", f"{mg} - small-match",
-                 _paired(grouped, mg, "small-match", True)))
+        row("fusion above w/o fusion (templates reused)", (reuse,), f"{grower} - {reuse}",
+            _paired(grouped, grower, reuse, True))
+        row("fusion above w/o fusion (untrained member)", (untrained,), f"{grower} - {untrained}",
+            _paired(grouped, grower, untrained, True))
+        row("orthogonal >= random", (rnd,), f"{grower} - {rnd}", _paired(grouped, grower, rnd, False))
+        row("random > copy", (rnd, copy), f"{rnd} - {copy}", _paired(grouped, rnd, copy, True))
+        row("late growth >= early growth", (untrained, *(f"{grower}-p{p:g}" for p in GROWTH_POINTS)),
+            "Table 2, points 0 to 1", _growth_trend(grouped, grower, untrained))
+    row("MixtureGrowth above Small Match (informative)", ("small-match",), f"{mg} - small-match",
+        _paired(grouped, mg, "small-match", True))
     if mg in INIT_L:  # amendment 8: does growing add anything to template mixing itself?
-        rows.append(("MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative)",
-                     f"{mg} - tm-large-match", _paired(grouped, mg, "tm-large-match", True)))
+        row("MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative)",
+            ("tm-large-match",), f"{mg} - tm-large-match", _paired(grouped, mg, "tm-large-match", True))
     word = {True: "yes", False: "**no**", None: "not decided"}
     lines = ["| ordering | comparison | figures | holds |", "|---|---|---|---|"]
     lines += [f"| {name} | {what} | {figures} | {word[holds]} |" for name, what, (figures, holds) in rows]
     return "\n".join(lines)
+
+
+def planned_keys(setting: str, grouped: dict[str, list[dict[str, Any]]], mg: str) -> set[str] | None:
+    """The arm keys a setting's plan runs, or None for every key (the primary setting). The secondary and
+    GPU settings run part of Table 1 only; their report leaves out the rows that can never have results."""
+    if setting not in ("secondary", "gpu"):
+        return None
+    choices = Choices(None, mg[-1])  # the keys depend on P* alone
+    return set(part_keys(setting, choices, _best(grouped, BASELINES))) | {"small-tm", "net2"}
 
 
 def init_l_tables(grouped: dict[str, list[dict[str, Any]]]) -> str:
@@ -477,13 +495,17 @@ def report(root: Path) -> str:
         if setting in SUPERSEDED:
             texts.append(f"Superseded ({SUPERSEDED[setting]}).\n")
             continue
-        texts.append(f"### Table 1\n\n{table('Method', TABLE1, grouped)}\n\n{paired_markdown(grouped, mg)}\n")
-        t4 = [("orthogonal", mg)] + [(init, f"t4-{init}") for init in TABLE4_INITS[1:]]
-        texts.append(f"### Table 4 (init S's scale, P* = {mg[-1]})\n\n{table('Coefficient init', t4, grouped)}\n")
-        t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained")] + [
-            (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
-        texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n{table('Growth point', t2, grouped)}\n")
-        texts.append(f"### Orderings (PLAN.md amendments 3 and 5)\n\n{orderings_markdown(grouped, mg, (mg, ''))}\n")
+        planned = planned_keys(setting, grouped, mg)
+        t1 = [(label, key) for label, key in TABLE1 if planned is None or key in planned]
+        texts.append(f"### Table 1\n\n{table('Method', t1, grouped)}\n\n{paired_markdown(grouped, mg)}\n")
+        if planned is None:  # Tables 4 and 2: the primary setting's alone
+            t4 = [("orthogonal", mg)] + [(init, f"t4-{init}") for init in TABLE4_INITS[1:]]
+            texts.append(f"### Table 4 (init S's scale, P* = {mg[-1]})\n\n{table('Coefficient init', t4, grouped)}\n")
+            t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained")] + [
+                (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
+            texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n{table('Growth point', t2, grouped)}\n")
+        texts.append(f"### Orderings (PLAN.md amendments 3 and 5)\n\n"
+                     f"{orderings_markdown(grouped, mg, (mg, ''), planned)}\n")
         gaps = pilot_gaps(grouped)
         if gaps is not None and not amended_go(gaps):
             texts.append("Not counted in the verdict: this setting's pilot is no-go under amendment 5's rule "
@@ -495,7 +517,7 @@ def report(root: Path) -> str:
             mg_l = _best(grouped, INIT_L)
             twins = (MG_L, "-L") if literal else None
             texts.append(f"{INIT_L_HEADINGS.get(setting, INIT_L_HEADINGS['primary']).format(mg_l=mg_l)}\n\n"
-                         f"{orderings_markdown(grouped, mg_l, twins)}\n")
+                         f"{orderings_markdown(grouped, mg_l, twins, planned)}\n")
     text = "\n".join(texts)
     gt.atomic_write(root / "tables.md", lambda tmp: Path(tmp).write_text(text))
     primary = settings["primary"]

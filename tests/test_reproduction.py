@@ -321,6 +321,11 @@ def test_amendment_8_adds_init_l_and_the_template_mixing_large_match_to_the_seco
         in secondary and "post hoc" not in secondary
     assert "| MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative) | mg-L-B - " \
         "tm-large-match | +1.00 points (per seed +1.00; 1 of 1 agree) | yes |" in secondary
+    # a Table-1-only setting shows the rows of its plan alone: no Tables 4 and 2, no rows that can never run
+    assert "### Table 4" in primary and "| Net2Net, protocol A |" in primary and "above Net2Net" in primary
+    assert "### Table 4" not in secondary and "### Table 2" not in secondary and "Net2Net" not in secondary
+    assert "| Random, protocol A |" not in secondary and "| Random, protocol B | 88.00" in secondary
+    assert "w/o fusion" not in secondary and "| Large (plain, 1.0X) | not run |" in secondary
     write(tmp_path / "other" / "primary", [fake("mg-S-B", 0, 0.84)])
     assert "post hoc" not in rs.report(tmp_path / "other")
 
