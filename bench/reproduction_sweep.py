@@ -81,10 +81,9 @@ INIT_L_HEADINGS = {
 TABLE4_INITS = ("orthogonal", "random", "copy", "zero")
 GROWTH_POINTS = (0.25, 0.5, 0.75)
 # PLAN.md amendment 9 (post hoc): Table 4, Table 2 and w/o fusion at init L, protocol B; keys end in -L where
-# the arm differs from its init-S twin (zero has no norm, so Table 4's zero row is t4-zero, at P* = B too)
+# the arm differs from its init-S twin
 INIT_L_PROTOCOL = "B"
 MG_L = f"mg-L-{INIT_L_PROTOCOL}"
-INIT_L_T4 = {"orthogonal": MG_L, "random": "t4-random-L", "copy": "t4-copy-L", "zero": "t4-zero"}
 INIT_L_ARMS = ("nofusion-reuse-L", "nofusion-untrained-L", "t4-random-L", "t4-copy-L",
                *(f"{MG_L}-p{p:g}" for p in GROWTH_POINTS))
 BUDGET_FREE = ("large", "small", "small-tm", "net2", "tm-large")
@@ -140,9 +139,9 @@ def part_keys(part: str, choices: Choices | None, best: str | None = None) -> li
     if part == "table1":
         return [key for _, key in TABLE1]
     if part == "table4":
-        return [mg] + [f"t4-{init}" for init in TABLE4_INITS[1:]]
+        return [key for _, key in table4_rows(mg, "")]
     if part == "table2":
-        return ["nofusion-untrained"] + [f"{mg}-p{p:g}" for p in GROWTH_POINTS] + [mg]
+        return [key for _, key in table2_rows(mg, "")]
     if part == "init-l":
         return list(INIT_L_ARMS)
     if part == "secondary":
@@ -389,9 +388,21 @@ def _paired(grouped: dict[str, list[dict[str, Any]]], a: str, b: str, strict: bo
             mean > 0 if strict else mean >= 0)
 
 
-def _growth_trend(grouped: dict[str, list[dict[str, Any]]], mg: str, untrained: str) -> tuple[str, bool | None]:
-    """Table 2: least-squares slope of mean top-1 against the growth point, and point 1 vs point 0."""
-    keys = [untrained] + [f"{mg}-p{p:g}" for p in GROWTH_POINTS] + [mg]
+def table4_rows(mg: str, sfx: str) -> list[tuple[str, str]]:
+    """Table 4's (coefficient init, arm key) at mg's init: init S's arms have no suffix, init L's end in -L;
+    zero has no norm, so both inits share t4-zero."""
+    return [("orthogonal", mg)] + [(init, f"t4-{init}{'' if init == 'zero' else sfx}") for init in TABLE4_INITS[1:]]
+
+
+def table2_rows(mg: str, sfx: str) -> list[tuple[str, str]]:
+    """Table 2's (growth point, arm key) at mg's init: point 0 is w/o fusion with an untrained net 2, point 1 mg."""
+    return [("0 (w/o fusion, untrained net 2)", f"nofusion-untrained{sfx}")] + [
+        (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
+
+
+def _growth_trend(grouped: dict[str, list[dict[str, Any]]], keys: list[str]) -> tuple[str, bool | None]:
+    """Table 2 (its arm keys, points 0 to 1): least-squares slope of mean top-1 against the growth point,
+    and point 1 vs point 0."""
     points = [0.0, *GROWTH_POINTS, 1.0]
     if not all(grouped.get(k) for k in keys):
         return "-", None
@@ -429,8 +440,8 @@ def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, twins:
             _paired(grouped, grower, untrained, True))
         row("orthogonal >= random", (rnd,), f"{grower} - {rnd}", _paired(grouped, grower, rnd, False))
         row("random > copy", (rnd, copy), f"{rnd} - {copy}", _paired(grouped, rnd, copy, True))
-        row("late growth >= early growth", (untrained, *(f"{grower}-p{p:g}" for p in GROWTH_POINTS)),
-            "Table 2, points 0 to 1", _growth_trend(grouped, grower, untrained))
+        points = [key for _, key in table2_rows(grower, sfx)]
+        row("late growth >= early growth", tuple(points), "Table 2, points 0 to 1", _growth_trend(grouped, points))
     row("MixtureGrowth above Small Match (informative)", ("small-match",), f"{mg} - small-match",
         _paired(grouped, mg, "small-match", True))
     if mg in INIT_L:  # amendment 8: does growing add anything to template mixing itself?
@@ -453,17 +464,15 @@ def planned_keys(setting: str, grouped: dict[str, list[dict[str, Any]]], mg: str
 
 def init_l_tables(grouped: dict[str, list[dict[str, Any]]]) -> str:
     """Amendment 9's arms: Table 4, w/o fusion and Table 2 at init L, protocol B (post hoc)."""
-    mg = MG_L
-    nofusion = [("MixtureGrowth (fused with net 2)", mg), ("w/o fusion, net 1's templates reused", "nofusion-reuse-L"),
+    nofusion = [("MixtureGrowth (fused with net 2)", MG_L),
+                ("w/o fusion, net 1's templates reused", "nofusion-reuse-L"),
                 ("w/o fusion, untrained second member", "nofusion-untrained-L")]
-    t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained-L")] + [
-        (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
     return (f"### Table 4 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
-            f"{table('Coefficient init', list(INIT_L_T4.items()), grouped)}\n\n"
+            f"{table('Coefficient init', table4_rows(MG_L, '-L'), grouped)}\n\n"
             f"### w/o fusion at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
             f"{table('Method', nofusion, grouped)}\n\n"
             f"### Table 2 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
-            f"{table('Growth point', t2, grouped)}\n")
+            f"{table('Growth point', table2_rows(MG_L, '-L'), grouped)}\n")
 
 
 def mg_key(grouped: dict[str, list[dict[str, Any]]]) -> str:
@@ -499,11 +508,10 @@ def report(root: Path) -> str:
         t1 = [(label, key) for label, key in TABLE1 if planned is None or key in planned]
         texts.append(f"### Table 1\n\n{table('Method', t1, grouped)}\n\n{paired_markdown(grouped, mg)}\n")
         if planned is None:  # Tables 4 and 2: the primary setting's alone
-            t4 = [("orthogonal", mg)] + [(init, f"t4-{init}") for init in TABLE4_INITS[1:]]
-            texts.append(f"### Table 4 (init S's scale, P* = {mg[-1]})\n\n{table('Coefficient init', t4, grouped)}\n")
-            t2 = [("0 (w/o fusion, untrained net 2)", "nofusion-untrained")] + [
-                (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
-            texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n{table('Growth point', t2, grouped)}\n")
+            texts.append(f"### Table 4 (init S's scale, P* = {mg[-1]})\n\n"
+                         f"{table('Coefficient init', table4_rows(mg, ''), grouped)}\n")
+            texts.append(f"### Table 2 (init S, P* = {mg[-1]})\n\n"
+                         f"{table('Growth point', table2_rows(mg, ''), grouped)}\n")
         texts.append(f"### Orderings (PLAN.md amendments 3 and 5)\n\n"
                      f"{orderings_markdown(grouped, mg, (mg, ''), planned)}\n")
         gaps = pilot_gaps(grouped)
@@ -524,8 +532,7 @@ def report(root: Path) -> str:
     from mgtool.analysis.plot import matplotlib_available, plot_series
 
     if matplotlib_available() and primary:
-        mg = mg_key(primary)
-        rows = [("orthogonal", primary.get(mg, []))] + [(i, primary.get(f"t4-{i}", [])) for i in TABLE4_INITS[1:]]
+        rows = [(init, primary.get(key, [])) for init, key in table4_rows(mg_key(primary), "")]
         plot_series(gt.curve_series(rows), out=root / "fig3b.png",
                     title="Top-1 per epoch after growth, by coefficient init (Fig. 3b, primary setting)",
                     xlabel="training FLOPs Norm (net 1 given)", ylabel="top-1 on the test set (%)")
