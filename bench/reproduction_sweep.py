@@ -285,7 +285,7 @@ def by_arm(results: Path) -> dict[str, list[dict[str, Any]]]:
 
 def _coefficient_ratios(rows: list[dict[str, Any]]) -> str:
     """Each seed's median coefficient ratio of the grown net, where its result file records one."""
-    medians = [f"s{r['seed']}: {ratios['coefficient_ratio']['median']:.3g}" for r in rows
+    medians = [f"s{r['seed']}: {ratios['coefficient_ratio']['median']:.2f}" for r in rows
                if (ratios := r.get("grown_ratios"))]
     return ", ".join(medians) or "-"
 

@@ -409,7 +409,7 @@ def test_ratios_are_added_to_result_files_that_predate_them(ran, tmp_path: Path,
     assert {p.name: json.loads(p.read_text()) for p in (tmp_path / "primary").glob("*.json")} == files
     row = next(line for line in rs.report(tmp_path).splitlines()
                if line.startswith("| MixtureGrowth, init S, protocol A"))
-    assert row.endswith(f"| s0: {files['mg-S-A-b0.45-s0.json']['grown_ratios']['coefficient_ratio']['median']:.3g} |")
+    assert row.endswith(f"| s0: {files['mg-S-A-b0.45-s0.json']['grown_ratios']['coefficient_ratio']['median']:.2f} |")
 
 
 def test_report_is_rebuilt_byte_for_byte_from_the_result_files_alone(ran, tmp_path: Path) -> None:
