@@ -253,7 +253,7 @@ def test_orderings_follow_amendment_3(tmp_path: Path) -> None:
     # means 80, 81, 83, 84, 85 at points 0 ... 1: slope 5.2 points per unit
     assert rows["late growth >= early growth"] == (
         "| late growth >= early growth | Table 2, points 0 to 1 | slope +5.20 points per unit of growth point; "
-        "means 0: 80.00, 0.25: 81.00, 0.5: 83.00, 0.75: 84.00, 1: 85.00 | yes |")
+        "means 0: 80.00, 0.25: 81.00, 0.5: 83.00, 0.75: 84.00, 1: 85.00 (seeds 0, those every point has) | yes |")
     assert rows["MixtureGrowth above Small Match (informative)"].endswith("| - | not decided |")
     write(tmp_path / "primary", [fake("small-match", 0, 0.845), fake("small-match", 1, 0.875)])
     rows = {line.split(" | ")[0].lstrip("| "): line for line in rs.report(tmp_path).splitlines()
@@ -301,6 +301,17 @@ def test_amendment_9_tables_and_orderings_at_init_l_appear_once_its_arms_ran(tmp
     # means 86, 87, 88, 89, 90 at points 0 ... 1: slope +4
     assert "slope +4.00 points per unit of growth point; means 0: 86.00, 0.25: 87.00" in rows[
         "late growth >= early growth"] and rows["late growth >= early growth"].endswith("| yes |")
+
+
+def test_growth_trend_uses_only_the_seeds_every_point_has(tmp_path: Path) -> None:
+    # point 1 has three seeds and the others one: the trend compares seed 0 with seed 0 (85 at point 1), not
+    # with the three seeds' mean 88, which would turn a falling trend into a rising one
+    write(tmp_path / "primary", [
+        *(fake("mg-S-B", s, t) for s, t in enumerate((0.85, 0.89, 0.90))), fake("nofusion-untrained", 0, 0.87),
+        fake("mg-S-B-p0.25", 0, 0.87), fake("mg-S-B-p0.5", 0, 0.86), fake("mg-S-B-p0.75", 0, 0.86)])
+    row = next(line for line in rs.report(tmp_path).splitlines() if line.startswith("| late growth"))
+    assert "means 0: 87.00, 0.25: 87.00, 0.5: 86.00, 0.75: 86.00, 1: 85.00 (seeds 0, those every point has)" in row
+    assert row.endswith("| **no** |")
 
 
 def test_amendment_8_adds_init_l_and_the_template_mixing_large_match_to_the_secondary_setting(tmp_path) -> None:
