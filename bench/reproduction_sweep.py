@@ -436,15 +436,14 @@ def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, twins:
     row("MixtureGrowth above Net2Net", (net2net,), f"{mg} - {net2net}", _paired(grouped, mg, net2net, True))
     if twins is not None:
         grower, sfx = twins
-        reuse, untrained, rnd, copy = (f"{k}{sfx}" for k in ("nofusion-reuse", "nofusion-untrained", "t4-random",
-                                                             "t4-copy"))
+        t4, points = dict(table4_rows(grower, sfx)), [key for _, key in table2_rows(grower, sfx)]
+        reuse, untrained, rnd, copy = f"nofusion-reuse{sfx}", points[0], t4["random"], t4["copy"]
         row("fusion above w/o fusion (templates reused)", (reuse,), f"{grower} - {reuse}",
             _paired(grouped, grower, reuse, True))
         row("fusion above w/o fusion (untrained member)", (untrained,), f"{grower} - {untrained}",
             _paired(grouped, grower, untrained, True))
         row("orthogonal >= random", (rnd,), f"{grower} - {rnd}", _paired(grouped, grower, rnd, False))
         row("random > copy", (rnd, copy), f"{rnd} - {copy}", _paired(grouped, rnd, copy, True))
-        points = [key for _, key in table2_rows(grower, sfx)]
         row("late growth >= early growth", tuple(points), "Table 2, points 0 to 1", _growth_trend(grouped, points))
     row("MixtureGrowth above Small Match (informative)", ("small-match",), f"{mg} - small-match",
         _paired(grouped, mg, "small-match", True))
