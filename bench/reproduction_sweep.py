@@ -394,9 +394,16 @@ def table4_rows(mg: str, sfx: str) -> list[tuple[str, str]]:
     return [("orthogonal", mg)] + [(init, f"t4-{init}{'' if init == 'zero' else sfx}") for init in TABLE4_INITS[1:]]
 
 
+def nofusion_rows(mg: str, sfx: str) -> list[tuple[str, str]]:
+    """(method, arm key) of mg and its two w/o-fusion arms at mg's init (suffix as in table4_rows)."""
+    return [("MixtureGrowth (fused with net 2)", mg),
+            ("w/o fusion, net 1's templates reused", f"nofusion-reuse{sfx}"),
+            ("w/o fusion, untrained second member", f"nofusion-untrained{sfx}")]
+
+
 def table2_rows(mg: str, sfx: str) -> list[tuple[str, str]]:
     """Table 2's (growth point, arm key) at mg's init: point 0 is w/o fusion with an untrained net 2, point 1 mg."""
-    return [("0 (w/o fusion, untrained net 2)", f"nofusion-untrained{sfx}")] + [
+    return [("0 (w/o fusion, untrained net 2)", nofusion_rows(mg, sfx)[2][1])] + [
         (f"{p:g}", f"{mg}-p{p:g}") for p in GROWTH_POINTS] + [("1", mg)]
 
 
@@ -437,7 +444,8 @@ def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, twins:
     if twins is not None:
         grower, sfx = twins
         t4, points = dict(table4_rows(grower, sfx)), [key for _, key in table2_rows(grower, sfx)]
-        reuse, untrained, rnd, copy = f"nofusion-reuse{sfx}", points[0], t4["random"], t4["copy"]
+        (_, reuse), (_, untrained) = nofusion_rows(grower, sfx)[1:]
+        rnd, copy = t4["random"], t4["copy"]
         row("fusion above w/o fusion (templates reused)", (reuse,), f"{grower} - {reuse}",
             _paired(grouped, grower, reuse, True))
         row("fusion above w/o fusion (untrained member)", (untrained,), f"{grower} - {untrained}",
@@ -467,13 +475,10 @@ def planned_keys(setting: str, grouped: dict[str, list[dict[str, Any]]], mg: str
 
 def init_l_tables(grouped: dict[str, list[dict[str, Any]]]) -> str:
     """Amendment 9's arms: Table 4, w/o fusion and Table 2 at init L, protocol B (post hoc)."""
-    nofusion = [("MixtureGrowth (fused with net 2)", MG_L),
-                ("w/o fusion, net 1's templates reused", "nofusion-reuse-L"),
-                ("w/o fusion, untrained second member", "nofusion-untrained-L")]
     return (f"### Table 4 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
             f"{table('Coefficient init', table4_rows(MG_L, '-L'), grouped)}\n\n"
             f"### w/o fusion at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
-            f"{table('Method', nofusion, grouped)}\n\n"
+            f"{table('Method', nofusion_rows(MG_L, '-L'), grouped)}\n\n"
             f"### Table 2 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
             f"{table('Growth point', table2_rows(MG_L, '-L'), grouped)}\n")
 
