@@ -2,6 +2,7 @@
 
     python bench/demo_defaults.py                # seeds 0-2, every arm; one JSON per finished run
     python bench/demo_defaults.py --report       # the table, from bench/results/demo_defaults/*.json alone
+    python bench/demo_defaults.py --amendment-10 # PLAN.md amendment 10: s = 0.1 and fuse's capped rule, landed code
 
 The demo's setting: a seeded 10,000-image subset of Fashion-MNIST (1,000 test images for the
 per-epoch lines), two WRN-10 x0.5 (stem 8, BatchNorm before blocks only) trained 5 epochs each
@@ -11,6 +12,9 @@ Arms (fixed before any run): the new tiles' init (orthogonal at the learned vect
 mgtool's old default; the authors' unit vector; orthogonal at s = 0.5, 0.25, 0.1; zero) x the
 fine-tune (lr 0.1 complete cosine, mgtool's default; the authors' protocol), plus orthogonal
 s = 0.25 with lr 0.1 fine-tuned from the un-recalibrated net (what recalibration adds).
+Those files come from the code of 2026-11-27 (commits d09078b-3c7e28c). ``--amendment-10`` reruns
+s = 0.1 and adds the capped rule (``fuse``'s default since amendment 10), both with lr 0.1, into
+bench/results/demo_defaults/amendment10/, each file recording its commit.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,9 +48,19 @@ INITS = {  # name -> fuse keyword arguments
     "orth-s0.25": {"init": "orthogonal", "init_scale": 0.25},
     "orth-s0.1": {"init": "orthogonal", "init_scale": 0.1},
     "zero": {"init": "zero"},
+    "orth-capped": {"init": "orthogonal", "init_norm": "capped"},
 }
 PROTOCOLS = {"lr0.1": {}, "authors": {"protocol": "authors"}}
-ARMS = [(i, p, True) for i in INITS for p in PROTOCOLS] + [("orth-s0.25", "lr0.1", False)]
+ARMS = [(i, p, True) for i in INITS if i != "orth-capped" for p in PROTOCOLS] + [("orth-s0.25", "lr0.1", False)]
+AMENDMENT_10 = [("orth-s0.1", "lr0.1", True), ("orth-capped", "lr0.1", True)]  # PLAN.md amendment 10
+
+
+def commit() -> str:
+    """The commit the code ran at (with "+dirty" when the tree has changes)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "mgtool") else "")
 
 
 def arm_name(init: str, protocol: str, recal: bool) -> str:
@@ -55,6 +70,7 @@ def arm_name(init: str, protocol: str, recal: bool) -> str:
 class Bench:
     def __init__(self, work: Path, seed: int):
         self.work, self.seed = work, seed
+        work.mkdir(parents=True, exist_ok=True)
         folder = find_fashion_mnist(None, download=False)
         self.full = data_config("fashion-mnist", folder)
         sub = write_subset(self.full, work / "data", train_size=10000, test_size=1000, seed=0)
@@ -95,12 +111,12 @@ class Bench:
             "final_top1": self.top1(tuned), "curve_subset_top1": [r["test_top1"] for r in curve],
             "lr": [r["lr"] for r in curve], "recipe": cfg.to_dict(), "wall_s": time.perf_counter() - t0,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.node(),
-            "command": "python bench/demo_defaults.py",
+            "commit": commit(), "command": "python bench/demo_defaults.py",
         }
 
 
-def report() -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+def report(results: Path = RESULTS, arms: list[tuple[str, str, bool]] = ARMS) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
     by_arm: dict[str, list[dict]] = {}
     for r in rows:
         by_arm.setdefault(r["arm"], []).append(r)
@@ -113,7 +129,7 @@ def report() -> str:
 
     lines = ["| arm | seeds | realised s (median) | at growth | recalibrated | after fine-tune | better small net |",
              "|---|---|---|---|---|---|---|"]
-    for name in [arm_name(*a) for a in ARMS]:
+    for name in [arm_name(*a) for a in arms]:
         rs = by_arm.get(name, [])
         if not rs:
             continue
@@ -128,24 +144,26 @@ def report() -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report", action="store_true")
+    p.add_argument("--amendment-10", action="store_true", help="PLAN.md amendment 10's arms (landed code).")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "demo_defaults")
     args = p.parse_args()
+    results, arms = (RESULTS / "amendment10", AMENDMENT_10) if args.amendment_10 else (RESULTS, ARMS)
     if not args.report:
         torch.set_num_threads(1)
         args.work.mkdir(parents=True, exist_ok=True)
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        results.mkdir(parents=True, exist_ok=True)
         for seed in (int(s) for s in args.seeds.split(",")):
-            bench = Bench(args.work, seed)
-            for arm in ARMS:
-                path = RESULTS / f"{arm_name(*arm)}-s{seed}.json"
+            bench = Bench(args.work / ("amendment10" if args.amendment_10 else ""), seed)
+            for arm in arms:
+                path = results / f"{arm_name(*arm)}-s{seed}.json"
                 if path.exists():
                     continue
                 result = bench.arm(*arm)
                 path.write_text(json.dumps(result, indent=1) + "\n")
                 print(f"{result['arm']} seed {seed}: growth {result['at_growth_top1']:.4f} / "
                       f"{result['at_growth_recalibrated_top1']:.4f}, final {result['final_top1']:.4f}", flush=True)
-    print(report())
+    print(report(results, arms))
     return 0
 
 

@@ -3,6 +3,7 @@
     python bench/reproduction_sweep.py --part pilot --threads 1       # one part (resumable; reproduction/RUNNING.md)
     python bench/reproduction_sweep.py --part table1,table4,table2 --seeds 1   # a seed's tables, one list
     python bench/reproduction_sweep.py --part init-l --seeds 0 --leave-held   # amendment 9's post-hoc arms
+    python bench/reproduction_sweep.py --part defaults --seeds 0,1,2  # amendment 10: capped and authors' code
     python bench/reproduction_sweep.py --report                       # tables + Fig. 3b from the result files alone
 
 The arms of PLAN.md, as recipes on the sweep machinery of bench/growth_table.py (its ``Arm``,
@@ -17,9 +18,15 @@ amendments 2 and 4), ``secondary`` (x0.25 -> x0.5, Table 1 rows only; 30 epochs,
 growth at 0.45X with net 1 given. ``primary-e15`` and ``primary-e30`` hold the pilots that
 amendments 2 and 4 superseded: reported, never run again.
 
-Init S's scale s* and the protocol P* are the demo defaults of the growth-protocol issue,
-read from one place: ``mgtool.demo.INIT_SCALE`` and ``mgtool.demo.PROTOCOL``
-(``--init-scale`` / ``--protocol`` override them; the pilot needs neither).
+Init S's scale s* and the protocol P* are the demo defaults the growth-protocol issue chose with
+bench/demo_defaults.py (3 seeds, 2026-11-27): ``S_STAR`` and ``P_STAR`` here, frozen for this plan
+since amendment 10 moved the demo itself to ``fuse``'s capped rule (``--init-scale`` /
+``--protocol`` override them; the pilot needs neither).
+
+Names: init U is ``--init-norm unit`` (unit vectors orthogonal to the learned ones of the same
+template set: mgtool's reading of the paper; arm keys keep the letter L, e.g. ``mg-L-B``, from
+before amendment 10 renamed it); init S is ``--init-scale s*``; init C is ``--init-norm capped``
+and init A ``--init-norm authors-code`` (amendment 10).
 """
 
 from __future__ import annotations
@@ -68,7 +75,9 @@ TABLE1 = [("Large (plain, 1.0X)", "large"), ("Large Match (plain, 0.45X)", "larg
           ("MixtureGrowth, init L, protocol A", "mg-L-A"), ("MixtureGrowth, init L, protocol B", "mg-L-B"),
           ("MixtureGrowth, init S, protocol A", "mg-S-A"), ("MixtureGrowth, init S, protocol B", "mg-S-B")]
 BASELINES = ("random-A", "random-B", "net2net-A", "net2net-B")
-INIT_L = ("mg-L-A", "mg-L-B")  # the authors' literal init; amendment 7's post-hoc orderings
+INIT_L = ("mg-L-A", "mg-L-B")  # init U (mgtool's unit-vector reading of the paper); amendment 7's orderings
+DEFAULTS_ARMS = ("mg-C-B", "mg-A-B")  # amendment 10: fuse's capped default and the authors' code, protocol B
+NORM_OF_ARM = {"C": "capped", "A": "authors-code"}  # mg-{C,A}-* arms' --init-norm
 INIT_L_HEADINGS = {
     "primary": "### Orderings with init L at its better protocol ({mg_l}; post hoc, PLAN.md amendment 7)\n\n"
                "Added after seed 0 of the primary setting showed init S's coefficients at 33-255x the learned "
@@ -102,17 +111,14 @@ class Choices:
         return f"mg-S-{self.protocol}"
 
 
-def demo_choices(init_scale: float | None = None, protocol: str | None = None) -> Choices:
-    """s* and P* from ``mgtool.demo`` (the one place they are chosen), unless overridden."""
-    import mgtool.demo as demo
+S_STAR = 0.1  # init S's scale: best of bench/demo_defaults.py, 3 seeds (mgtool.demo.INIT_SCALE until amendment 10)
+P_STAR = "lr0.1"  # P*: the complete lr 0.1 cosine (protocol B)
 
-    if init_scale is None:
-        if demo.INIT_SCALE is None:
-            raise MgtoolError("the demo's init scale s* (mgtool.demo.INIT_SCALE) is not chosen yet: "
-                              "bench/demo_defaults.py needs its 3 seeds first; or pass --init-scale S")
-        init_scale = demo.INIT_SCALE
-    if protocol is None:
-        protocol = demo.PROTOCOL or "lr0.1"  # None: no post-growth preset, i.e. the lr 0.1 cosine
+
+def demo_choices(init_scale: float | None = None, protocol: str | None = None) -> Choices:
+    """s* and P* as the plan froze them, unless overridden."""
+    init_scale = S_STAR if init_scale is None else init_scale
+    protocol = P_STAR if protocol is None else protocol
     if protocol not in PROTOCOL_NAMES:
         raise MgtoolError(f"protocol P* must be one of {', '.join(PROTOCOL_NAMES)}, got {protocol!r}")
     return Choices(init_scale, PROTOCOL_NAMES[protocol])
@@ -144,6 +150,8 @@ def part_keys(part: str, choices: Choices | None, best: str | None = None) -> li
         return [key for _, key in table2_rows(mg, "")]
     if part == "init-l":
         return list(INIT_L_ARMS)
+    if part == "defaults":
+        return list(DEFAULTS_ARMS)
     if part == "secondary":
         return [mg, *([best] if best else []), "large", "large-match", "small", "small-tm", "net2", "small-match",
                 "mg-L-B", "tm-large-match"]  # the last two: amendment 8
@@ -153,7 +161,7 @@ def part_keys(part: str, choices: Choices | None, best: str | None = None) -> li
     raise MgtoolError(f"unknown part {part!r}")
 
 
-PARTS = ("pilot", "table1", "table4", "table2", "init-l", "secondary", "gpu")
+PARTS = ("pilot", "table1", "table4", "table2", "init-l", "secondary", "defaults", "gpu")
 COMBINABLE = ("table1", "table4", "table2", "init-l")  # one setting (primary), so their arms can share one worker list
 
 
@@ -190,7 +198,8 @@ def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
             method, protocol = name, rest
         elif key.startswith("mg-"):  # mg-{L,S}-{A,B}[-pP]
             init, protocol, *point = rest.split("-")
-            fuse = coefficients("orthogonal", literal=init == "L")
+            fuse = ({"init": "orthogonal", "init_norm": NORM_OF_ARM[init]} if init in NORM_OF_ARM
+                    else coefficients("orthogonal", literal=init == "L"))
             if point:
                 net2 = {"train": train, "growth_point": float(point[0][1:]), "seed": gt.NET2_SEED + seed}
         elif twin.startswith("t4-"):
@@ -470,7 +479,8 @@ def planned_keys(setting: str, grouped: dict[str, list[dict[str, Any]]], mg: str
     if setting not in ("secondary", "gpu"):
         return None
     choices = Choices(None, mg[-1])  # the keys depend on P* alone
-    return set(part_keys(setting, choices, _best(grouped, BASELINES))) | {"small-tm", "net2"}
+    return set(part_keys(setting, choices, _best(grouped, BASELINES))) | {"small-tm", "net2"} | set(
+        DEFAULTS_ARMS if setting == "secondary" else ())
 
 
 def init_l_tables(grouped: dict[str, list[dict[str, Any]]]) -> str:
@@ -481,6 +491,27 @@ def init_l_tables(grouped: dict[str, list[dict[str, Any]]]) -> str:
             f"{table('Method', nofusion_rows(MG_L, '-L'), grouped)}\n\n"
             f"### Table 2 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
             f"{table('Growth point', table2_rows(MG_L, '-L'), grouped)}\n")
+
+
+PREDICTION_POINTS = 0.3  # amendment 10: capped lands within this many points of init U (mean of per-seed diffs)
+
+
+def defaults_markdown(grouped: dict[str, list[dict[str, Any]]]) -> str:
+    """Amendment 10: fuse's capped default and the authors' code beside init U, protocol B."""
+    rows = [("init U (`--init-norm unit`)", "mg-L-B"), ("capped (`--init-norm capped`, the default)", "mg-C-B"),
+            ("the authors' code (`--init-norm authors-code`)", "mg-A-B")]
+    text = f"{table('Coefficient init (MixtureGrowth, protocol B)', rows, grouped)}\n\n"
+    x, y = _by_seed(grouped, "mg-C-B"), _by_seed(grouped, "mg-L-B")
+    seeds = sorted(x.keys() & y.keys())
+    if seeds:
+        diffs = [100 * (x[s] - y[s]) for s in seeds]
+        mean = statistics.fmean(diffs)
+        held = "holds" if abs(mean) <= PREDICTION_POINTS else "**fails**"
+        text += (f"Prediction (pre-registered): capped within {PREDICTION_POINTS} points of init U: mg-C-B - mg-L-B = "
+                 f"{mean:+.2f} points (per seed {', '.join(f'{d:+.2f}' for d in diffs)}; seeds: {len(seeds)}): "
+                 f"{held}.\n")
+    figures, _ = _paired(grouped, "mg-A-B", "mg-L-B", True)
+    return text + f"Informative (post hoc arm): mg-A-B - mg-L-B = {figures}.\n"
 
 
 def mg_key(grouped: dict[str, list[dict[str, Any]]]) -> str:
@@ -534,6 +565,9 @@ def report(root: Path) -> str:
             twins = (MG_L, "-L") if literal else None
             texts.append(f"{INIT_L_HEADINGS.get(setting, INIT_L_HEADINGS['primary']).format(mg_l=mg_l)}\n\n"
                          f"{orderings_markdown(grouped, mg_l, twins, planned)}\n")
+        if any(grouped.get(k) for k in DEFAULTS_ARMS):
+            texts.append(f"### fuse's default rule and the authors' code (PLAN.md amendment 10)\n\n"
+                         f"{defaults_markdown(grouped)}")
     text = "\n".join(texts)
     gt.atomic_write(root / "tables.md", lambda tmp: Path(tmp).write_text(text))
     primary = settings["primary"]
@@ -592,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             raise MgtoolError(f"give --part {'|'.join(PARTS)}, or --report")
         parts = args.part
         part = parts[0]
-        setting = {"secondary": "secondary", "gpu": "gpu"}.get(part, "primary")
+        setting = {"secondary": "secondary", "defaults": "secondary", "gpu": "gpu"}.get(part, "primary")
         default_seeds = {"pilot": "0,1", "gpu": "0"}.get(part, "0,1,2")
         seeds = [int(s) for s in (args.seeds or default_seeds).split(",") if s.strip()]
         choices = None if part == "pilot" else demo_choices(args.init_scale, args.protocol)

@@ -209,7 +209,7 @@ def test_orthogonal_init_on_a_fused_net(key):
             for p in m.parameters():
                 if p.ndim == 3:
                     p.mul_(torch.rand(()) + 0.5)
-    grown, layout = fuse_models([a, b], FUSE_SPECS[key], init="orthogonal", seed=3)
+    grown, layout = fuse_models([a, b], FUSE_SPECS[key], init="orthogonal", init_norm="learned", seed=3)
     checked = 0
     for bank in layout.plan.banks:
         for s in range(bank.sets):

@@ -13,10 +13,9 @@ from typer.testing import CliRunner
 
 from mgtool.checkpoint import CheckpointMeta, save_checkpoint
 from mgtool.cli import app
-from mgtool.coef_init import _INITS, get_init, init_names, number, register_init
+from mgtool.coef_init import _INITS, HELD_COEFFICIENT_RATIO, get_init, init_names, number, register_init
 from mgtool.errors import SettingError
 from mgtool.fuse import HIDDEN, coefficient_key, coefficient_ratios, fuse, fuse_models, resolve_init, tile_ratios
-from mgtool.fuse.ratios import COEFFICIENT_RATIO_WARNING
 from mgtool.info import checkpoint_info
 from mgtool.mixing import mix
 from mgtool.provenance import new_provenance
@@ -246,13 +245,14 @@ def test_an_ill_conditioned_init_scale_is_reported_and_warned_about(tmp_path):
     scaled = coefficient_ratios(layout.plan, grown.state_dict())
     assert scaled is not None and min(scaled.values()) > 100  # ... by coefficients >100x the diagonal ones
     unit, _ = fuse_models(nets, SPEC, init="orthogonal", init_norm="unit", seed=3)
-    assert max(coefficient_ratios(layout.plan, unit.state_dict()).values()) < COEFFICIENT_RATIO_WARNING
+    assert max(coefficient_ratios(layout.plan, unit.state_dict()).values()) < HELD_COEFFICIENT_RATIO
     paths = [_write(tmp_path / f"{i}.safetensors", net=net) for i, net in enumerate(nets)]
     out = tmp_path / "grown.safetensors"
     result = runner.invoke(app, ["fuse", *map(str, paths), "--init-scale", "0.25", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    assert "warning: new coefficient vectors up to" in result.stderr and "--init-norm unit" in result.stderr
+    assert "warning: new tiles start at coefficient ratio up to" in result.stderr.replace("\n", " ")
+    assert "--init-norm capped" in result.stderr
     assert json.loads(result.stdout)["coefficient_ratio"]["min"] > 100
     assert checkpoint_info(out, count_flops=False)["coefficient_ratio"]["min"] > 100
-    quiet = runner.invoke(app, ["fuse", *map(str, paths), "--init-norm", "unit", "-o", str(tmp_path / "u.st")])
+    quiet = runner.invoke(app, ["fuse", *map(str, paths), "-o", str(tmp_path / "u.st")])
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr

@@ -398,7 +398,7 @@ def test_a_train_sections_own_budget_is_kept_unless_the_stage_sizes_it(tmp_path:
 def test_run_passes_on_the_fuse_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mgtool.fuse.ratios as ratios
 
-    monkeypatch.setattr(ratios, "COEFFICIENT_RATIO_WARNING", 0.0)  # any new tile now warns
+    monkeypatch.setattr(ratios, "HELD_TILE_RATIO", 0.0)  # any new tile now warns
     result = runner.invoke(app, ["run", str(SMOKE), "-o", str(tmp_path / "run"), "-q"])
     assert result.exit_code == 0, result.stderr
-    assert "fuse: warning: new coefficient vectors up to" in result.stderr
+    assert "fuse: warning: new tiles start at tile ratio s up to" in result.stderr

@@ -133,29 +133,15 @@ def test_arms_the_recipe_cannot_express_yet_are_blocked_with_the_reason(tmp_path
         assert "init_scale" in why["mg-S-A"]
 
 
-def test_demo_defaults_are_read_from_mgtool_demo_or_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mgtool.demo as demo
-
-    monkeypatch.setattr(demo, "INIT_SCALE", None)
-    monkeypatch.setattr(demo, "PROTOCOL", None)
-    with pytest.raises(rs.MgtoolError, match="not chosen yet.*pass --init-scale"):
-        rs.demo_choices()
+def test_the_plans_s_star_and_p_star_are_frozen_and_overridable() -> None:
+    assert rs.demo_choices() == rs.Choices(0.1, "B")  # chosen by bench/demo_defaults.py, 3 seeds
     assert rs.demo_choices(0.5, "authors") == rs.Choices(0.5, "A")
-    assert rs.demo_choices(init_scale=0.5) == rs.Choices(0.5, "B")  # PROTOCOL None: the lr 0.1 cosine
-    monkeypatch.setattr(demo, "INIT_SCALE", 0.3)
-    assert rs.demo_choices() == rs.Choices(0.3, "B")
-    assert rs.demo_choices(protocol="authors") == rs.Choices(0.3, "A")
-    monkeypatch.setattr(demo, "PROTOCOL", "adam")
+    assert rs.demo_choices(init_scale=0.5) == rs.Choices(0.5, "B")
     with pytest.raises(rs.MgtoolError, match="protocol P\\* must be one of"):
-        rs.demo_choices()
+        rs.demo_choices(protocol="adam")
 
 
 def test_a_part_that_needs_the_demo_defaults_fails_in_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
-    import mgtool.demo as demo
-
-    monkeypatch.setattr(demo, "INIT_SCALE", None)
-    assert rs.main(["--part", "table4", "--results", str(tmp_path), "--dry-run"]) == 1
-    assert "is not chosen yet" in capsys.readouterr().err
     assert rs.main(["--results", str(tmp_path)]) == 1
     assert rs.main(["--part", "pilot", "--arms", "small,mg-S-A", "--results", str(tmp_path), "--dry-run"]) == 1
     assert "--arms: mg-S-A not in part pilot (its arms: small, small-match, large)" in capsys.readouterr().err

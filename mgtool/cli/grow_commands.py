@@ -43,16 +43,18 @@ def fuse_cmd(
         float | None,
         typer.Option(
             help="Every new tile's weight norm as S times the mean norm of its layer's diagonal tiles "
-            "(orthogonal, random, normal, copy). Default: each initialiser's own norm.",
+            "(orthogonal, random, normal, copy). Overrides --init-norm's rule (default: none).",
             show_default=False,
         ),
     ] = None,
     init_norm: Annotated[
         str | None,
         typer.Option(
-            help="orthogonal/random: 'learned' (default) scales to the learned vectors' RMS norm; "
-            "'unit' is the authors' code's literal vector (orthogonal: unit norm; random: uniform "
-            "on [0, 1)). The paper prints neither. Excludes --init-scale.",
+            help="How the new coefficients are scaled. orthogonal: 'capped' (default) unit vectors with every "
+            "new tile's norm capped at 0.1 of its layer's diagonal tiles'; 'unit' unit vectors (mgtool's "
+            "reading of the paper); 'learned' the learned vectors' RMS norm; 'authors-code' what the authors' "
+            "code does (two nets only). random: 'learned' (default) or 'unit' (uniform on [0, 1)). copy: "
+            "'authors-code' adds the authors' shared unit-norm uniform noise. Excludes --init-scale.",
             show_default=False,
         ),
     ] = None,
@@ -83,15 +85,17 @@ def fuse_cmd(
     CNN computes the sum of the nets' logits (a ViT does not: LayerNorm normalises over
     the joined width). One input grows it without fusion.
     --init-scale S sets every new tile's norm to S times the mean of its layer's diagonal
-    tiles' norms; --json reports the realised ratio s (tile_ratio: median, min, max).
+    tiles' norms; --json reports the realised ratio s (tile_ratio: median, min, max),
+    the rule that set the norms (init_rule) and, for the default capped rule, what the
+    cap did in each layer (init_cap_per_layer). A warning follows a successful fuse whose
+    new tiles start outside the range where a measured arm held up.
 
-    Example: mgtool fuse net1.safetensors net2.safetensors --init orthogonal -o grown.safetensors
+    Example: mgtool fuse net1.safetensors net2.safetensors -o grown.safetensors
+
+    Example: mgtool fuse net1.safetensors net2.safetensors --init-norm authors-code -o grown.safetensors
 
     Example: mgtool fuse net1.safetensors net2.safetensors --init-scale 0.25 -o grown.safetensors --json
     """
-    if init_scale is not None and init_norm == "unit":
-        raise usage_error("--init-scale sets the new tiles' norm and --init-norm unit keeps the authors' literal "
-                          "vector: give one of them")
     options = parse_options(init_opt)
     seen: dict[Path, Path] = {}
     for src in sources:
@@ -112,8 +116,9 @@ def fuse_cmd(
     d = result.to_dict()
     ratio = d["tile_ratio"]
     shown = f", tile ratio s {ratio['median']:.3g} (min {ratio['min']:.3g}, max {ratio['max']:.3g})" if ratio else ""
+    rule = d["init_rule"] + (f" at {d['init_cap']:g}" if d["init_cap"] is not None else "")
     done("fused", f"{len(sources)} net(s) -> {result.path}: {result.meta.arch.describe()}, "
-         f"{result.new_tiles} new tiles ({init}{shown}), {result.parameters:,} parameters")
+         f"{result.new_tiles} new tiles ({init}, {rule}{shown}), {result.parameters:,} parameters")
     if result.warning:
         console.print(f"warning: {result.warning}", style="yellow", soft_wrap=True)
     if "verify" in d:

@@ -8,8 +8,9 @@
 * ``api``: ``fuse`` (validate -> plan -> stream -> write) and ``fuse_models`` (in memory).
 """
 
+from mgtool.coef_init import InitSettings, resolve_init
 from mgtool.fuse.api import FuseResult, SumOfLogits, fuse, fuse_models
-from mgtool.fuse.assembly import DEFAULT_INIT_SCALE, InitSettings, fuse_tensors, resolve_init
+from mgtool.fuse.assembly import Assembly, LayerCap, fuse_tensors
 from mgtool.fuse.inputs import FuseInputs, check_fusable, validate
 from mgtool.fuse.layout import (
     CLASSIFIER,
@@ -25,7 +26,7 @@ from mgtool.fuse.layout import (
 from mgtool.fuse.ratios import TileRatios, coefficient_ratios, tile_ratios
 
 __all__ = [
-    "CLASSIFIER", "DEFAULT_INIT_SCALE", "FIRST", "HIDDEN", "FuseInputs", "FuseResult", "FusionLayout",
+    "Assembly", "CLASSIFIER", "FIRST", "LayerCap", "HIDDEN", "FuseInputs", "FuseResult", "FusionLayout",
     "InitSettings", "SumOfLogits", "TileRatios", "check_fusable", "coefficient_key", "coefficient_ratios", "fuse",
     "fuse_models", "fuse_tensors", "grown_plan", "layer_roles", "meta_model", "plan_fusion", "resolve_init",
     "tile_ratios", "validate",

@@ -20,11 +20,12 @@ from mgtool.checkpoint import (
     save_checkpoint,
     stream_tensors,
 )
+from mgtool.coef_init import InitSettings, resolve_init
 from mgtool.errors import MgtoolError
-from mgtool.fuse.assembly import InitSettings, fuse_tensors, resolve_init
+from mgtool.fuse.assembly import LayerCap, fuse_tensors
 from mgtool.fuse.inputs import FuseInputs, growth_factor, validate
 from mgtool.fuse.layout import FusionLayout, coefficient_key, layout_of, plan_fusion
-from mgtool.fuse.ratios import TileRatios, coefficient_ratios, inflation_warning, ratio_report, tile_ratios
+from mgtool.fuse.ratios import TileRatios, coefficient_ratios, held_range_warning, ratio_report, tile_ratios
 from mgtool.loading import build_model
 from mgtool.model import TemplateMixingNet
 from mgtool.provenance import Parent, new_provenance, sha256_file
@@ -42,11 +43,12 @@ class FuseResult(VerifiedResult):
     tile_ratio: TileRatios | None = None  # realised s of the new tiles
     verify: LogitCheck | None = None  # --verify: grown (new tiles zeroed) vs sum of inputs
     coefficient_ratio: TileRatios | None = None  # new coefficient vectors' norms over the diagonal ones'
+    caps: dict[str, LayerCap] | None = None  # --init-norm capped: what the cap did, per layer
 
     @property
     def warning(self) -> str | None:
-        """Set when the new tiles' coefficients are large enough to destabilise fine-tuning."""
-        return inflation_warning(self.coefficient_ratio)
+        """Set when the new tiles start outside the range where a measured arm held up."""
+        return held_range_warning(self.tile_ratio, self.coefficient_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -60,6 +62,8 @@ class FuseResult(VerifiedResult):
             "flops": self.meta.flops.to_dict(),
             **ratio_report(self.tile_ratio, self.coefficient_ratio),
         }
+        if self.caps is not None:
+            out["init_cap_per_layer"] = {name: cap.to_dict() for name, cap in self.caps.items()}
         if self.verify is not None:
             out["verify"] = self.verify.to_dict()
         return out
@@ -92,16 +96,18 @@ def fuse(
     if out is not None:
         check_output_path(out, force)
     settings = resolve_init(init, scale=init_scale, noise=noise, init_norm=init_norm, options=init_options)
-    inputs = validate([Path(p) for p in sources], factor, settings)  # every check, once
+    inputs = validate([Path(p) for p in sources], factor)  # every check, once
     if verify:
         check_verifiable(inputs.small.spec, inputs.fused)
     layout = layout_of(inputs.small, inputs.factor, inputs.fused)  # plan
-    tensors, new = fuse_tensors(layout, stream_tensors(inputs.paths), inputs.init, seed=seed)  # stream
+    grown = fuse_tensors(layout, stream_tensors(inputs.paths), settings, seed=seed)  # stream
+    tensors = grown.tensors
     check = _verify(layout, tensors, inputs) if verify else None
     meta = _grown_meta(layout, inputs)
     path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None  # write
     ratios, coefs = tile_ratios(layout.plan, tensors), coefficient_ratios(layout.plan, tensors)
-    return FuseResult(path, meta, layout, inputs.init, new, layout.parameters, ratios, check, coefs)
+    caps = grown.caps if settings.cap is not None else None
+    return FuseResult(path, meta, layout, settings, grown.new_tiles, layout.parameters, ratios, check, coefs, caps)
 
 
 def fuse_models(
@@ -124,8 +130,8 @@ def fuse_models(
         if m.plan != plan:
             raise MgtoolError(f"model {i} has a different template plan from model 0")
     layout = plan_fusion(spec, plan, g, fused=len(models) > 1)
-    tensors, _ = fuse_tensors(layout, (m.state_dict() for m in models), settings, seed=seed)
-    return _build(layout, tensors), layout
+    grown = fuse_tensors(layout, (m.state_dict() for m in models), settings, seed=seed)
+    return _build(layout, grown.tensors), layout
 
 
 def _build(layout: FusionLayout, tensors: dict[str, Tensor]) -> TemplateMixingNet:

@@ -1,78 +1,25 @@
 """Streaming assembly of the grown tensors, and the initialisation of the new tiles.
 
 The inputs' state dicts are consumed one at a time (``place``); the new tiles are then
-filled by the chosen initialiser, one call per (bank, template set), and, with
-``--init-scale S``, each new coefficient vector is rescaled so that its generated tile's
-Frobenius norm is S times the mean norm of the same layer's diagonal tiles. A tile is
-linear in its coefficient vector, so the rescaling is exact.
+filled by the chosen initialiser, one call per (bank, template set) (or per layer for
+``--init-norm authors-code``). With ``--init-scale S`` each new coefficient vector is then
+rescaled so that its generated tile's Frobenius norm is S times the mean norm of the same
+layer's diagonal tiles; with ``--init-norm capped`` it is scaled down to that norm where it
+is above ``CAP`` times it. A tile is linear in its coefficient vector, so both are exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from mgtool.coef_init import CoefInit, get_init
-from mgtool.errors import MgtoolError, SettingError, check_range
+from mgtool.coef_init import InitSettings, authors_code_tiles
+from mgtool.errors import MgtoolError
 from mgtool.fuse.layout import CONCAT, FIRST, HIDDEN, MAX, FusionLayout, coefficient_key
 from mgtool.fuse.ratios import templates_gram, tile_norm
-
-# The --init-scale used when none is given: None keeps each initialiser's own norm.
-DEFAULT_INIT_SCALE: float | None = None
-
-
-@dataclass(frozen=True)
-class InitSettings:
-    """A checked ``--init`` choice: the initialiser, its settings, and the tile-ratio target."""
-
-    init: CoefInit
-    params: dict[str, Any]
-    scale: float | None  # --init-scale S; None: the initialiser's own norm
-
-    @property
-    def name(self) -> str:
-        return self.init.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"init": self.name, "init_options": dict(self.params), "init_scale": self.scale}
-
-
-def resolve_init(
-    name: str,
-    *,
-    scale: float | None = None,
-    noise: float = 0.0,
-    init_norm: str | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> InitSettings:
-    """Check an initialiser choice once: its name, its own settings, and ``scale``.
-
-    ``noise`` and ``init_norm`` are the named settings the CLI has flags for; ``options``
-    holds any declared setting by name. ``noise`` 0 means "not given".
-    """
-    init = get_init(name)
-    given = dict(options or {})
-    if noise != 0.0:
-        given["noise"] = noise
-    if init_norm is not None:
-        given["init_norm"] = init_norm
-    params = init.settings(given)
-    unit = params.get("init_norm") == "unit"
-    if scale is not None:
-        check_range("init_scale", scale, low=0.0)
-        if not init.scalable:
-            raise SettingError("init_scale", f"does not apply to --init {name} (its new tiles are 0)")
-        if unit:
-            raise SettingError("init_scale", "sets the new tiles' norm, and --init-norm unit keeps the "
-                                             "authors' literal vector: give one of them")
-        scale = float(scale)
-    elif init.scalable and not unit:
-        scale = DEFAULT_INIT_SCALE
-    return InitSettings(init, params, scale)
 
 
 @dataclass
@@ -82,6 +29,8 @@ class Assembly:
     layout: FusionLayout
     tensors: dict[str, Tensor] = field(default_factory=dict)
     learned: dict[tuple[str, int], list[Tensor]] = field(default_factory=dict)
+    new_tiles: int = 0
+    caps: dict[str, LayerCap] = field(default_factory=dict)  # --init-norm capped: what the cap did, per layer
 
     def _slot(self, key: str, like: Tensor, zero: bool) -> Tensor:
         if key not in self.tensors:
@@ -135,10 +84,12 @@ class Assembly:
     def initialise_new_tiles(self, settings: InitSettings, generator: torch.Generator) -> int:
         """Fill every new tile, one initialiser call per (bank, set); returns the tile count."""
         layout = self.layout
+        if settings.per_layer:
+            return self._per_layer(settings, generator)
         groups: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
         for layer, r, c in layout.new_tiles():
             groups.setdefault((layer.bank, layout.set_of_row(r)), []).append((layer.name, r, c))
-        scaler = _Scaler(self) if settings.scale is not None else None
+        scaler = _Scaler(self)
         for bank in layout.plan.banks:
             for s in range(bank.sets):
                 tiles = groups.get((bank.name, s), [])
@@ -152,12 +103,53 @@ class Assembly:
                         f"--init {settings.name} returned shape {tuple(vectors.shape)}, expected {tuple(copies.shape)}"
                     )
                 for (name, r, c), v in zip(tiles, vectors):
-                    if scaler is not None:
-                        assert settings.scale is not None
+                    if settings.scale is not None:
                         v = scaler.scaled(name, bank.name, s, v, settings.scale)
+                    elif settings.cap is not None:
+                        v = self._capped(scaler, name, bank.name, s, v, settings.cap)
                     out = self.tensors[coefficient_key(name)]
                     out[r, c] = v.to(out.dtype)
         return sum(len(t) for t in groups.values())
+
+    def _capped(self, scaler: _Scaler, name: str, bank: str, s: int, v: Tensor, cap: float) -> Tensor:
+        ratio = scaler.ratio(name, bank, s, v)
+        record = self.caps.setdefault(name, LayerCap(cap))
+        record.tiles += 1
+        record.max_ratio_before = max(record.max_ratio_before, ratio)
+        if ratio <= cap:
+            return v
+        record.capped += 1
+        return scaler.scaled(name, bank, s, v, cap)
+
+    def _per_layer(self, settings: InitSettings, generator: torch.Generator) -> int:
+        """``--init-norm authors-code``: each layer's two new tiles from its two diagonal tiles."""
+        layout, count = self.layout, 0
+        if layout.factor != 2:
+            raise MgtoolError(f"--init-norm authors-code follows the authors' code, which grows two nets into one "
+                              f"twice as wide; got factor {layout.factor}: use --init-norm capped or unit")
+        for layer in layout.plan.layers:
+            if layout.roles[layer.name] != HIDDEN:
+                continue
+            out = self.tensors[coefficient_key(layer.name)]
+            tiles = authors_code_tiles(settings.name, torch.stack([out[0, 0], out[1, 1]]), generator)
+            for (r, c), v in tiles.items():
+                out[r, c] = v.to(out.dtype)
+            count += len(tiles)
+        return count
+
+
+@dataclass
+class LayerCap:
+    """What ``--init-norm capped`` did in one layer: its new tiles, how many it scaled down, and the
+    largest tile ratio s before the cap."""
+
+    cap: float
+    tiles: int = 0
+    capped: int = 0
+    max_ratio_before: float = 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"cap": self.cap, "tiles": self.tiles, "capped": self.capped, "max_ratio_before": self.max_ratio_before}
 
 
 class _Scaler:
@@ -181,6 +173,11 @@ class _Scaler:
             self._diagonal[name] = sum(norms) / g
         return self._diagonal[name]
 
+    def ratio(self, name: str, bank: str, s: int, v: Tensor) -> float:
+        """The tile ratio s of a new tile with coefficients ``v`` (0 when the diagonal tiles are 0)."""
+        diagonal = self._diagonal_mean(name, bank)
+        return float(tile_norm(self._gram(bank, s), v)) / diagonal if diagonal > 0 else 0.0
+
     def scaled(self, name: str, bank: str, s: int, v: Tensor, scale: float) -> Tensor:
         target = scale * self._diagonal_mean(name, bank)
         norm = float(tile_norm(self._gram(bank, s), v))
@@ -198,11 +195,9 @@ def fuse_tensors(
     init: InitSettings,
     *,
     seed: int = 0,
-) -> tuple[dict[str, Tensor], int]:
-    """The grown state dict from the inputs' state dicts (consumed one at a time).
-
-    Returns the tensors and the number of new tiles initialised.
-    """
+) -> Assembly:
+    """The grown state dict from the inputs' state dicts (consumed one at a time): the
+    ``Assembly`` holds the tensors and what ``--init-norm capped`` did per layer."""
     assembly = Assembly(layout)
     count = 0
     for index, source in enumerate(sources):
@@ -212,5 +207,5 @@ def fuse_tensors(
     if count != expected:
         raise MgtoolError(f"fuse got {count} inputs, expected {expected}")
     generator = torch.Generator().manual_seed(seed)
-    new = assembly.initialise_new_tiles(init, generator)
-    return assembly.tensors, new
+    assembly.new_tiles = assembly.initialise_new_tiles(init, generator)
+    return assembly

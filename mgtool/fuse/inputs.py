@@ -14,7 +14,6 @@ from pathlib import Path
 from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, StoredTensor, check_keys, header_tensors, read_meta
 from mgtool.errors import MgtoolError
-from mgtool.fuse.assembly import InitSettings
 from mgtool.fuse.layout import NetShapes, check_factor, check_small
 from mgtool.plan import TemplatePlan
 
@@ -32,7 +31,6 @@ class FuseInputs:
     inputs: tuple[FuseInput, ...]
     small: NetShapes  # the inputs' architecture and plan, built once
     factor: int
-    init: InitSettings
 
     @property
     def fused(self) -> bool:
@@ -57,7 +55,7 @@ def growth_factor(n_inputs: int, factor: int | None) -> int:
     return check_factor(factor)
 
 
-def validate(paths: Sequence[Path], factor: int | None, init: InitSettings) -> FuseInputs:
+def validate(paths: Sequence[Path], factor: int | None) -> FuseInputs:
     """Read every header once and check the inputs against each other and their architecture."""
     g = growth_factor(len(paths), factor)
     metas = [(p, read_meta(p)) for p in paths]
@@ -66,7 +64,7 @@ def validate(paths: Sequence[Path], factor: int | None, init: InitSettings) -> F
     assert meta0.plan is not None
     small = NetShapes.of(resolve_spec(meta0.arch), meta0.plan)
     _check_headers(paths, small)
-    return FuseInputs(tuple(FuseInput(p, m) for p, m in metas), small, g, init)
+    return FuseInputs(tuple(FuseInput(p, m) for p, m in metas), small, g)
 
 
 def check_fusable(metas: Sequence[tuple[Path, CheckpointMeta]]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mgtool.coef_init import HELD_COEFFICIENT_RATIO, HELD_TILE_RATIO
 from mgtool.plan import LayerPlan, TemplatePlan
 
 CHUNK = 1 << 16  # template columns per step: the float64 copy is at most (M*K) x CHUNK (2 MB at M*K = 4)
@@ -108,25 +109,21 @@ def coefficient_ratios(plan: TemplatePlan, tensors: Mapping[str, Tensor]) -> Til
     return _over_diagonal(plan, lambda layer: tensors[f"net.{layer.name}.coefficients"].detach().double().norm(dim=-1))
 
 
-# New coefficient vectors this many times their layer's diagonal ones make the shared templates'
-# gradients as many times larger. --init-scale reaches such factors when the templates carry almost
-# no weight in the new tiles' directions (orthogonal init after long training with weight decay:
-# up to 255x, and fine-tuning collapsed even at lr 1e-5; docs/RESULTS.md, reproduction sweep).
-COEFFICIENT_RATIO_WARNING = 10.0
-
-
-def inflation_warning(ratios: TileRatios | None) -> str | None:
-    """One line for the user when a new coefficient vector is >= COEFFICIENT_RATIO_WARNING times its
-    layer's diagonal ones, else None."""
-    if ratios is None:
+def held_range_warning(ratios: TileRatios | None, coefficients: TileRatios | None) -> str | None:
+    """One line for the user when a new tile starts outside the range where a measured arm held up
+    (tile ratio <= ``HELD_TILE_RATIO``, coefficient ratio <= ``HELD_COEFFICIENT_RATIO``), else None."""
+    breaches = []
+    for what, values, limit in (("tile ratio s", ratios, HELD_TILE_RATIO),
+                                ("coefficient ratio", coefficients, HELD_COEFFICIENT_RATIO)):
+        if values is None:
+            continue
+        name, worst = max(((n, max(v)) for n, v in values.per_layer.items()), key=lambda t: t[1])
+        if worst > limit * (1 + 1e-6):
+            breaches.append(f"{what} up to {worst:.3g} ({name}; measured arms held up to {limit:g})")
+    if not breaches:
         return None
-    name, worst = max(((n, max(v)) for n, v in ratios.per_layer.items()), key=lambda t: t[1])
-    if not worst >= COEFFICIENT_RATIO_WARNING:
-        return None
-    return (f"new coefficient vectors up to {worst:.3g}x their layer's diagonal ones ({name}): the templates "
-            "carry almost no weight in the new tiles' directions, and the shared templates' gradients grow by "
-            "the same factor, which can wreck fine-tuning; prefer --init-norm unit, --init random or copy, or "
-            "a smaller --init-scale")
+    return (f"new tiles start at {' and '.join(breaches)}: larger starts lost 1-5 points after fine-tuning, or "
+            "collapsed it; pass --init orthogonal --init-norm capped (the default) or --init-scale 0.1")
 
 
 def ratio_report(ratios: TileRatios | None, coefficients: TileRatios | None = None) -> dict[str, Any]:
