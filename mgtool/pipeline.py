@@ -30,7 +30,7 @@ from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.budget import epochs_for_flops, flops_norm, samples_per_epoch
 from mgtool.checkpoint import atomic_write, read_meta
 from mgtool.convert import convert
-from mgtool.data import data_config, dataset_info, split_size
+from mgtool.data import DataConfig, data_config, dataset_info, split_size
 from mgtool.errors import MgtoolError, SettingError
 from mgtool.export import export
 from mgtool.flops import flops_per_training_sample
@@ -299,9 +299,13 @@ class Pipeline:
                             force=force)
         return self.stage("scratch", config, self._data_inputs(), work, training=True)
 
+    def eval_data(self) -> DataConfig:
+        """The data the summary's accuracies are measured on: the subset, or the full source."""
+        return self.data if self.r.eval.test_set == "subset" else self.source
+
     def evaluate(self, checkpoints: dict[str, Path]) -> dict[str, Any]:
         e = self.r.eval
-        data = self.data if e.test_set == "subset" else self.source
+        data = self.eval_data()
         config = {"test_set": e.test_set, "limit": e.limit, "data": data.to_dict()}
         out = self.dir / FILES["eval"]
         # The net the fine-tune starts from, also on the fine-tune's per-epoch test images when
@@ -443,7 +447,8 @@ def run_pipeline(recipe: Recipe, out_dir: Path | str, *, command: str | None = N
         summary = Summary(recipe.name, out_dir, rows, p.outcomes, reference, time.perf_counter() - t0,
                           extra={"flops_charged": charged, "flops_norm": flops_norm(charged, reference),
                                  "reference_epochs": recipe.reference.epochs,
-                                 "data": p.data.to_dict(), "eval_test_set": recipe.eval.test_set, **growth})
+                                 "data": p.data.to_dict(), "eval_test_set": recipe.eval.test_set,
+                                 "eval_data": p.eval_data().to_dict(), **growth})
         summary.path = ledger.write_text(out_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=1))
     return summary
 

@@ -109,10 +109,20 @@ def test_demo_help_and_bad_choice() -> None:
 
 def test_the_demo_growth_settings_are_one_constant_each(monkeypatch: pytest.MonkeyPatch) -> None:
     r = demo_recipe(quick=True, data="synthetic", folder=None)
-    assert (r.fuse.init, r.fuse.init_scale, r.finetune.train.protocol, r.recalibrate.samples) == (
-        demo.INIT, demo.INIT_SCALE, demo.PROTOCOL, demo.RECALIBRATION_SAMPLES)
-    monkeypatch.setattr(demo, "INIT_SCALE", 0.25)
+    assert (r.fuse.init, r.fuse.init_scale, r.fuse.init_norm, r.finetune.train.protocol, r.recalibrate.samples) == (
+        demo.INIT, None, None, demo.PROTOCOL, demo.RECALIBRATION_SAMPLES)  # fuse's default rule: capped
     monkeypatch.setattr(demo, "PROTOCOL", "authors")
     monkeypatch.setattr(demo, "RECALIBRATION_SAMPLES", 0)
+    monkeypatch.setattr(demo, "FINETUNE_EPOCHS", 3)
     r = demo_recipe(quick=False, data="synthetic", folder=None)
-    assert (r.fuse.init_scale, r.finetune.train.protocol, r.recalibrate.samples) == (0.25, "authors", 0)
+    assert (r.finetune.train.protocol, r.recalibrate.samples, r.finetune.train.epochs) == ("authors", 0, 3)
+
+
+def test_the_demo_seed_reaches_every_random_choice() -> None:
+    r0 = demo_recipe(quick=False, data="fashion-mnist", folder=Path("/nonexistent"), seed=0)
+    r3 = demo_recipe(quick=False, data="fashion-mnist", folder=Path("/nonexistent"), seed=3)
+    assert r0.data.subset.seed == 0 and r3.data.subset.seed == 3
+    assert (r3.net1.seed, r3.fuse.seed, r3.finetune.seed, r3.reference.seed) == (3, 3, 3, 3)
+    assert demo_recipe(quick=True, data="synthetic", folder=None, seed=4).data.options["seed"] == 4
+    r = demo_recipe(quick=True, data="synthetic", folder=None, overrides=["finetune.train.epochs=2"])
+    assert r.finetune.train.epochs == 2

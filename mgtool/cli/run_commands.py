@@ -114,6 +114,9 @@ def demo_cmd(
     download: Annotated[bool, typer.Option(
         "--download/--no-download", help="Download Fashion-MNIST with torchvision if it is found nowhere.")] = True,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Draws the training subset, both small nets, the new tiles, the fine-tune and the "
+        "reference net.")] = 0,
     threads: Annotated[int, typer.Option(
         "--threads", help="torch CPU threads (0: torch's default). One is the robust choice for these small "
         "convolutions: more gain little and are much slower on a busy machine.")] = 1,
@@ -134,20 +137,27 @@ def demo_cmd(
 
     output = output or Path("runs/demo-quick" if quick else "runs/demo")
     summary = run_demo(output, quick=quick, data=data, data_dir=data_dir, download=download, device=device,
-                       threads=threads or None, force=force, quiet=quiet, log=_log)
+                       threads=threads or None, seed=seed, force=force, quiet=quiet, log=_log)
     _finish(summary, json_)
-    console.print(next_steps(summary.out_dir), soft_wrap=True)
+    console.print(next_steps(summary.out_dir, summary.extra), soft_wrap=True)
 
 
-def next_steps(out_dir: Path | str) -> str:
-    """What to do with the demo's files: load, export, evaluate (commands that work as shown)."""
+def next_steps(out_dir: Path | str, extra: dict | None = None) -> str:
+    """What to do with the demo's files: load, export, evaluate (commands that work as shown). The eval
+    line reads the same test images as the table: the full split when the table used it."""
     out = Path(out_dir)
     q = shlex.quote
+    data = (extra or {}).get("eval_data") or {}
+    full = (extra or {}).get("eval_test_set") == "full" and data.get("data_dir")
+    evaluate = (f"  mgtool eval {q(str(out / 'final.safetensors'))} --data {q(data['name'])} --data-dir "
+                f"{q(data['data_dir'])} --json   # the table's top-1: the full 10,000-image test split"
+                if full else f"  mgtool eval {q(str(out / 'final.safetensors'))} --json   # on the stored data set, "
+                "as the table")
     return "\n".join([
         "next:",
         f"  python -c \"import mgtool; print(mgtool.load({str(out / 'final.safetensors')!r}))\""
         "   # the grown net as a torch module",
-        f"  mgtool eval {q(str(out / 'final.safetensors'))} --json   # its accuracy on the stored data set",
+        evaluate,
         f"  mgtool info {q(str(out / 'grown.safetensors'))}   # architecture, template banks, FLOPs",
         f"  mgtool export {q(str(out / 'finetuned.safetensors'))} -o {q(str(out / 'mine.safetensors'))}"
         "   # template-mixing -> plain weights (final.safetensors is this, done by the demo)",

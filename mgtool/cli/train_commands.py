@@ -227,7 +227,8 @@ def eval_cmd(
     cfg = data_config_from_cli(data, data_dir, data_opt, download, fallback=stored_data(src))
     result = evaluate_checkpoint(src, cfg, split=split, limit=limit, batch_size=batch_size,
                                  device=device, precision=precision, workers=workers)
-    console.print(f"{src} on {cfg.name} {result['split']} ({result['samples']} images): top-1 "
+    where = f" in {result['data_path']}" if result.get("data_path") else ""
+    console.print(f"{src} on {cfg.name} {result['split']} ({result['images']} images{where}): top-1 "
                   f"{result['top1']:.2%}  top-5 {result['top5']:.2%}  loss {result['loss']:.4f}",
                   highlight=False)
     emit(src, result, json_)
