@@ -9,7 +9,7 @@ per-epoch lines), two WRN-10 x0.5 (stem 8, BatchNorm before blocks only) trained
 (net 2 seeded net 1's + 1), fused into a WRN-10-1, its BatchNorm statistics re-estimated on 2,048
 training images, fine-tuned 1 epoch; every accuracy on the full 10,000-image test set.
 Arms (fixed before any run): the new tiles' init (orthogonal at the learned vectors' RMS norm,
-mgtool's old default; the authors' unit vector; orthogonal at s = 0.5, 0.25, 0.1; zero) x the
+mgtool's old default; the unit vector; orthogonal at s = 0.5, 0.25, 0.1; zero) x the
 fine-tune (lr 0.1 complete cosine, mgtool's default; the authors' protocol), plus orthogonal
 s = 0.25 with lr 0.1 fine-tuned from the un-recalibrated net (what recalibration adds).
 Those files come from the code of 2026-11-27 (commits d09078b-3c7e28c). ``--amendment-10`` reruns

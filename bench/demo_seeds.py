@@ -47,8 +47,9 @@ def commit() -> str:
 def claim(top1: dict[str, float]) -> dict[str, Any]:
     """The demo's claim on one seed's accuracies."""
     better = max(top1["net1"], top1["net2"])
-    return {"final_minus_better_small": top1["final"] - better, "final_minus_large_match": top1["final"] - top1["match"],
-            "holds": top1["final"] >= better and top1["final"] > top1["match"]}
+    final, match = top1["final"], top1["match"]
+    return {"final_minus_better_small": final - better, "final_minus_large_match": final - match,
+            "holds": final >= better and final > match}
 
 
 def run_seed(seed: int, work: Path, overrides: list[str]) -> dict[str, Any]:

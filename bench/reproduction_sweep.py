@@ -72,24 +72,24 @@ TABLE1 = [("Large (plain, 1.0X)", "large"), ("Large Match (plain, 0.45X)", "larg
           ("Net2Net, protocol A", "net2net-A"), ("Net2Net, protocol B", "net2net-B"),
           ("w/o fusion, net 1's templates reused (P*)", "nofusion-reuse"),
           ("w/o fusion, untrained second member (P*)", "nofusion-untrained"),
-          ("MixtureGrowth, init L, protocol A", "mg-L-A"), ("MixtureGrowth, init L, protocol B", "mg-L-B"),
+          ("MixtureGrowth, init U, protocol A", "mg-L-A"), ("MixtureGrowth, init U, protocol B", "mg-L-B"),
           ("MixtureGrowth, init S, protocol A", "mg-S-A"), ("MixtureGrowth, init S, protocol B", "mg-S-B")]
 BASELINES = ("random-A", "random-B", "net2net-A", "net2net-B")
 INIT_L = ("mg-L-A", "mg-L-B")  # init U (mgtool's unit-vector reading of the paper); amendment 7's orderings
 DEFAULTS_ARMS = ("mg-C-B", "mg-A-B")  # amendment 10: fuse's capped default and the authors' code, protocol B
 NORM_OF_ARM = {"C": "capped", "A": "authors-code"}  # mg-{C,A}-* arms' --init-norm
 INIT_L_HEADINGS = {
-    "primary": "### Orderings with init L at its better protocol ({mg_l}; post hoc, PLAN.md amendment 7)\n\n"
+    "primary": "### Orderings with init U at its better protocol ({mg_l}; post hoc, PLAN.md amendment 7)\n\n"
                "Added after seed 0 of the primary setting showed init S's coefficients at 33-255x the learned "
                "ones; the pre-registered orderings above stay the verdict's. The fusion, Table 4 and Table 2 "
                "rows (amendment 9, protocol B) appear once any of their arms has run.",
-    "secondary": "### Orderings with init L, protocol B ({mg_l}; pre-registered for this setting, PLAN.md "
+    "secondary": "### Orderings with init U, protocol B ({mg_l}; pre-registered for this setting, PLAN.md "
                  "amendment 8)\n\nWritten before the secondary setting's first arm, after amendment 7's post-hoc "
                  "finding on the primary setting.",
 }
 TABLE4_INITS = ("orthogonal", "random", "copy", "zero")
 GROWTH_POINTS = (0.25, 0.5, 0.75)
-# PLAN.md amendment 9 (post hoc): Table 4, Table 2 and w/o fusion at init L, protocol B; keys end in -L where
+# PLAN.md amendment 9 (post hoc): Table 4, Table 2 and w/o fusion at init U, protocol B; keys end in -L where
 # the arm differs from its init-S twin
 INIT_L_PROTOCOL = "B"
 MG_L = f"mg-L-{INIT_L_PROTOCOL}"
@@ -193,7 +193,7 @@ def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
         needs = (f"small-tm-s{seed}",)
         method, fuse, net2, protocol = "mixturegrowth", {"init": "orthogonal"}, None, None
         name, _, rest = key.partition("-")
-        twin, literal = key.removesuffix("-L"), key.endswith("-L")  # amendment 9's init-L twins of init-S arms
+        twin, literal = key.removesuffix("-L"), key.endswith("-L")  # amendment 9's init-U twins of init-S arms
         if name in ("random", "net2net"):
             method, protocol = name, rest
         elif key.startswith("mg-"):  # mg-{L,S}-{A,B}[-pP]
@@ -224,7 +224,7 @@ def arms_for(base: dict[str, Any], keys: list[str], seeds: list[int], out: Path,
         return recipe, needs
 
     def coefficients(init: str, literal: bool) -> dict[str, Any]:
-        """Init L: the authors' literal vectors (unit orthogonal, uniform random; copy at its own norm);
+        """Init U: unit vectors (unit orthogonal, uniform random; copy at its own norm);
         init S: scaled to s*. Zero has no norm."""
         if init == "zero":
             return {"init": "zero"}
@@ -398,7 +398,7 @@ def _paired(grouped: dict[str, list[dict[str, Any]]], a: str, b: str, strict: bo
 
 
 def table4_rows(mg: str, sfx: str) -> list[tuple[str, str]]:
-    """Table 4's (coefficient init, arm key) at mg's init: init S's arms have no suffix, init L's end in -L;
+    """Table 4's (coefficient init, arm key) at mg's init: init S's arms have no suffix, init U's end in -L;
     zero has no norm, so both inits share t4-zero."""
     return [("orthogonal", mg)] + [(init, f"t4-{init}{'' if init == 'zero' else sfx}") for init in TABLE4_INITS[1:]]
 
@@ -438,7 +438,7 @@ def orderings_markdown(grouped: dict[str, list[dict[str, Any]]], mg: str, twins:
                        planned: set[str] | None = None) -> str:
     """The verdict's orderings, decided by PLAN.md's amendment 3, and amendment 5's step-controlled line.
     ``twins`` is (MixtureGrowth arm, key suffix) of the w/o-fusion, Table 4 and Table 2 arms at that arm's
-    init ("" for init S, "-L" for amendment 9's init L); None leaves those rows out, since against another
+    init ("" for init S, "-L" for amendment 9's init U); None leaves those rows out, since against another
     init they would mix fusion, init or growth point with the init itself (amendment 7's correction).
     Rows comparing an arm outside ``planned`` (the setting's plan, None for all) are left out."""
     random, net2net = _best(grouped, ("random-A", "random-B")), _best(grouped, ("net2net-A", "net2net-B"))
@@ -484,12 +484,12 @@ def planned_keys(setting: str, grouped: dict[str, list[dict[str, Any]]], mg: str
 
 
 def init_l_tables(grouped: dict[str, list[dict[str, Any]]]) -> str:
-    """Amendment 9's arms: Table 4, w/o fusion and Table 2 at init L, protocol B (post hoc)."""
-    return (f"### Table 4 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
+    """Amendment 9's arms: Table 4, w/o fusion and Table 2 at init U, protocol B (post hoc)."""
+    return (f"### Table 4 at init U, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
             f"{table('Coefficient init', table4_rows(MG_L, '-L'), grouped)}\n\n"
-            f"### w/o fusion at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
+            f"### w/o fusion at init U, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
             f"{table('Method', nofusion_rows(MG_L, '-L'), grouped)}\n\n"
-            f"### Table 2 at init L, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
+            f"### Table 2 at init U, protocol {INIT_L_PROTOCOL} (post hoc, PLAN.md amendment 9)\n\n"
             f"{table('Growth point', table2_rows(MG_L, '-L'), grouped)}\n")
 
 

@@ -82,7 +82,7 @@ class FuseSection:
     fusion: bool = True  # False: grow net 1 alone ("MixtureGrowth w/o fusion"); no net 2
     # New tiles' norm as a fraction of the layer's diagonal tiles' (None: the initialiser's own).
     init_scale: float | None = None
-    init_norm: str | None = None  # orthogonal, random: unit (the authors' literal vector) or learned
+    init_norm: str | None = None  # orthogonal: capped (default), unit, learned, authors-code; random: learned, unit
     init_options: dict[str, Any] = field(default_factory=dict)  # any setting the initialiser declares
 
 

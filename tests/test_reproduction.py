@@ -254,12 +254,12 @@ def test_post_hoc_orderings_take_init_l_at_its_better_protocol_against_init_free
         fake("mg-S-B", 0, 0.84), fake("mg-L-A", 0, 0.883, protocol="authors"), fake("mg-L-B", 0, 0.90),
         fake("random-B", 0, 0.88), fake("t4-random", 0, 0.85)])
     text = rs.report(tmp_path)
-    pre, post = text.split("### Orderings with init L at its better protocol (mg-L-B; post hoc, PLAN.md amendment 7)")
+    pre, post = text.split("### Orderings with init U at its better protocol (mg-L-B; post hoc, PLAN.md amendment 7)")
     assert "| MixtureGrowth above Random | mg-S-B - random-B | -4.00 points" in pre and "orthogonal >= random" in pre
     assert "| MixtureGrowth above Random | mg-L-B - random-B | +2.00 points (per seed +2.00; 1 of 1 agree) | yes |" \
         in post
     assert "orthogonal >= random" not in post and "late growth" not in post and "above Small Match" in post
-    assert "w/o fusion" not in post  # the w/o-fusion arms are at init S: against init L it would mix the two
+    assert "w/o fusion" not in post  # the w/o-fusion arms are at init S: against init U it would mix the two
     assert "| MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative) | mg-L-B - " \
         "tm-large-match | - | not decided |" in post
 
@@ -271,13 +271,13 @@ def test_amendment_9_tables_and_orderings_at_init_l_appear_once_its_arms_ran(tmp
         fake("nofusion-reuse-L", 0, 0.91), fake("nofusion-untrained-L", 0, 0.86), fake("mg-L-B-p0.25", 0, 0.87),
         fake("mg-L-B-p0.5", 0, 0.88), fake("mg-L-B-p0.75", 0, 0.89)])
     text = rs.report(tmp_path)
-    pre, post = text.split("### Orderings with init L at its better protocol (mg-L-B; post hoc, PLAN.md amendment 7)")
+    pre, post = text.split("### Orderings with init U at its better protocol (mg-L-B; post hoc, PLAN.md amendment 7)")
     assert "| orthogonal >= random | mg-S-B - t4-random | -5.00 points" in pre  # init S's rows keep init S's arms
-    t4 = pre[pre.index("### Table 4 at init L, protocol B (post hoc, PLAN.md amendment 9)"):]
+    t4 = pre[pre.index("### Table 4 at init U, protocol B (post hoc, PLAN.md amendment 9)"):]
     assert [line.split(" | ")[:2] for line in t4.splitlines()[4:8]] == [
         ["| orthogonal", "90.00 ± 0.00"], ["| random", "86.00 ± 0.00"], ["| copy", "88.00 ± 0.00"],
         ["| zero", "87.00 ± 0.00"]]
-    assert "### Table 2 at init L, protocol B (post hoc, PLAN.md amendment 9)" in pre
+    assert "### Table 2 at init U, protocol B (post hoc, PLAN.md amendment 9)" in pre
     rows = {line.split(" | ")[0].lstrip("| "): line for line in post.splitlines() if line.count(" | ") == 3}
     assert rows["fusion above w/o fusion (templates reused)"].startswith(
         "| fusion above w/o fusion (templates reused) | mg-L-B - nofusion-reuse-L | -1.00 points")
@@ -314,7 +314,7 @@ def test_amendment_8_adds_init_l_and_the_template_mixing_large_match_to_the_seco
     text = rs.report(tmp_path)
     primary, secondary = text.split("## secondary: ")
     assert "(mg-L-B; post hoc, PLAN.md amendment 7)" in primary and "pre-registered for this" not in primary
-    assert "### Orderings with init L, protocol B (mg-L-B; pre-registered for this setting, PLAN.md amendment 8)" \
+    assert "### Orderings with init U, protocol B (mg-L-B; pre-registered for this setting, PLAN.md amendment 8)" \
         in secondary and "post hoc" not in secondary
     assert "| MixtureGrowth above the template-mixing Large from scratch at 0.45X (informative) | mg-L-B - " \
         "tm-large-match | +1.00 points (per seed +1.00; 1 of 1 agree) | yes |" in secondary
