@@ -1,4 +1,4 @@
-"""The README's ```bash blocks run, at tiny settings (issue 12, section 7).
+"""The README's and the guides' ```bash blocks run, at tiny settings (issue 12, section 7).
 
 Each block runs in order in its own empty folder, as a reader would paste it. Files a
 block reads but does not make (net1.safetensors in the CKA section, the .pt files to
@@ -27,6 +27,7 @@ from .conftest import randomised_plain
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("guide-*.md"))]
 runner = CliRunner()
 
 SYNTH = "--data synthetic --data-opt shape={c}x8x8 --data-opt train_size=128 --data-opt test_size=32"
@@ -156,11 +157,12 @@ def _expand(words: list[str]) -> list[str]:
     return out
 
 
-BLOCKS = bash_blocks(README.read_text())
+BLOCKS = [(f"{doc.relative_to(ROOT)}:{start}", commands) for doc in DOCS
+          for start, commands in bash_blocks(doc.read_text())]
 
 
 def test_the_lists_match_the_readme():
-    """SKIP, KNOWN_FAILING and TINY name only what the README holds: no stale entries."""
+    """SKIP, KNOWN_FAILING and TINY name only what the README and guides hold: no stale entries."""
     commands = [c for _, block in BLOCKS for c in block]
     assert sum(shlex.split(c)[0] == "mgtool" for c in commands) >= 20
     for command in (*SKIP, *KNOWN_FAILING):
@@ -171,7 +173,7 @@ def test_the_lists_match_the_readme():
     assert others <= {"python", "python3", "ruff", "bash", "(test", *SKIP_PREFIXES}, others
 
 
-@pytest.mark.parametrize("start, commands", BLOCKS, ids=[f"line{s}" for s, _ in BLOCKS])
+@pytest.mark.parametrize("start, commands", BLOCKS, ids=[s for s, _ in BLOCKS])
 def test_readme_block_runs(start, commands, inputs, tmp_path):
     fmnist = Path("/usr/share/datasets/fashion-mnist")
     here = tmp_path / "reader"
@@ -198,3 +200,18 @@ def test_readme_block_runs(start, commands, inputs, tmp_path):
                 failures.append(f"{command}\n  ran as: mgtool {' '.join(args)}\n  {result.output.strip()[-600:]}")
     assert not failures, "README commands that fail:\n" + "\n".join(failures)
     assert not unexpected_passes, f"now passing, take them off KNOWN_FAILING: {unexpected_passes}"
+
+
+def test_the_walkthrough_runs_as_written(tmp_path):
+    """The README's walkthrough block, every line (python ones too) as a reader pastes it, in bash."""
+    import os
+    import subprocess
+    import sys
+
+    text = README.read_text()
+    block = text.split("```bash\n# walkthrough\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "timm loaded" in result.stdout and (tmp_path / "grown.plain.safetensors").is_file()
