@@ -21,7 +21,7 @@ TINY_SPECS = {name: tiny_spec(name) for name in family_names()} | {
 # strict: when the feature lands the test passes, fails as XPASS, and its entry goes.
 NOT_APPLICABLE = {
     "test_grow.py::test_net2net_preserves_the_function[vit]": pytest.mark.skip(
-        reason="ViTs widen by grow_vit's named rules, not by channel-space tracing (tested in test_vit.py)"),
+        reason="ViTs widen by their Family.widening (named rules), not by channel-space tracing (test_vit.py)"),
 }
 
 
