@@ -31,12 +31,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import growth_table as gt
 
-import growth_table as gt  # noqa: E402  (puts the repository root on sys.path)
-
-from mgtool.errors import MgtoolError  # noqa: E402
-from mgtool.recipe import recipe_from_dict  # noqa: E402
+from mgtool import MgtoolError, recipe_from_dict
 
 NAME = "reproduction"
 ROOT = gt.ROOT
