@@ -55,3 +55,12 @@ def test_demo_quick_table_fits_80_columns(tmp_path: Path) -> None:
 
 def test_info_archs_fits_80_columns(tmp_path: Path) -> None:
     fits(mgtool("info", "--archs", cwd=tmp_path).stderr)
+
+
+@pytest.mark.parametrize(("command", "text"), [("cka", "stages.*.*"), ("run", "runs/<recipe name>"),
+                                               ("cka-time", "RUN.epochNNN.safetensors")])
+def test_help_markdown_keeps_globs_and_placeholders(command: str, text: str, tmp_path: Path) -> None:
+    """Help is rendered as markdown (so paragraphs reflow): a glob or a <placeholder> must be in
+    backticks, or markdown eats it as emphasis or an HTML tag."""
+    flat = " ".join(mgtool(command, "--help", cwd=tmp_path).stdout.replace("│", " ").split())
+    assert text in flat

@@ -14,7 +14,7 @@ from rich.text import Text
 from mgtool.cli.common import console, emit, handle_errors
 
 OutDirOpt = Annotated[Path | None, typer.Option(
-    "-o", "--output", help="Folder for the stages' files. [default: runs/<recipe name>]", show_default=False)]
+    "-o", "--output", help="Folder for the stages' files. [default: `runs/<recipe name>`]", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace files in DIR that this pipeline did not write.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or epoch lines.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print summary.json's content on stdout instead of its path.")]
