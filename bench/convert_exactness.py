@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 import mgtool
+from mgtool import read_plain_weights
 from mgtool.archs import ArchSpec, build_plain, resolve_spec
-from mgtool.weights import read_plain_weights
 
 SPECS = {
     "wrn-28-10 (block-input)": ArchSpec("wrn", 10, 100, 3, {"depth": 28, "norm": "block-input"}),

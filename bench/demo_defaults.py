@@ -24,21 +24,18 @@ import json
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mgtool import recalibrate_bn, write_subset
+from mgtool.data import data_config
+from mgtool.demo import find_fashion_mnist
+from mgtool.fuse import fuse
+from mgtool.train import Runtime, evaluate_checkpoint, finetune, run_paths, train_config, train_small
 
-from mgtool.data import data_config  # noqa: E402
-from mgtool.demo import find_fashion_mnist  # noqa: E402
-from mgtool.fuse import fuse  # noqa: E402
-from mgtool.recalibrate import recalibrate_bn  # noqa: E402
-from mgtool.subset import write_subset  # noqa: E402
-from mgtool.train import Runtime, evaluate_checkpoint, finetune, run_paths, train_config, train_small  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results" / "demo_defaults"
 INITS = {  # name -> fuse keyword arguments

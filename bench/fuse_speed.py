@@ -83,10 +83,8 @@ def child(a: str, b: str, out: str, init: str, verify: bool) -> None:
 def _make_inputs(case: str, folder: Path) -> tuple[Path, Path]:
     import torch
 
+    from mgtool import CheckpointMeta, fresh_template_mixing, new_provenance, save_checkpoint
     from mgtool.archs import ArchSpec, resolve_spec
-    from mgtool.checkpoint import CheckpointMeta, save_checkpoint
-    from mgtool.provenance import new_provenance
-    from mgtool.templates import fresh_template_mixing
 
     name, width, classes, options = CASES[case]
     spec = resolve_spec(ArchSpec(name, width, classes, 3, options))

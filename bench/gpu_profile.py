@@ -35,8 +35,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import mgtool.mixing
+from mgtool import fresh_template_mixing
 from mgtool.archs import ArchSpec, build_plain
-from mgtool.templates import fresh_template_mixing
 
 
 def log(msg: str) -> None:

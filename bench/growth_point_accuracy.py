@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import mgtool
-from mgtool.checkpoint import read_meta
+from mgtool import read_meta
 from mgtool.data import DataConfig, eval_batches
 from mgtool.fuse import fuse
 

@@ -39,16 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from mgtool import MgtoolError, recipe_from_dict
+from mgtool.checkpoint import atomic_write
+from mgtool.run_summary import after_growth
+from mgtool.runner import FolderBusy, digest
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import yaml  # noqa: E402
-
-from mgtool.checkpoint import atomic_write  # noqa: E402
-from mgtool.errors import MgtoolError  # noqa: E402
-from mgtool.recipe import recipe_from_dict  # noqa: E402
-from mgtool.run_summary import after_growth  # noqa: E402
-from mgtool.runner import FolderBusy, digest  # noqa: E402
 
 SWEEP = "growth_table"
 BUDGET_FREE = ("large", "small", "small-tm", "net2")
@@ -230,7 +228,7 @@ def restore_nets(arm: Arm, results: Path) -> None:
 def grown_ratios(out_dir: Path) -> dict[str, Any] | None:
     """The grown net's ``coefficient_ratio`` and ``tile_ratio`` (``mgtool info --json``'s fields, as
     fused, before any training); None where the arm grew no template-mixing net."""
-    from mgtool.info import checkpoint_info
+    from mgtool import checkpoint_info
 
     path = out_dir / "grown.safetensors"
     if not path.exists():
@@ -287,7 +285,7 @@ def run_arms(arms: list[Arm], out: Path, results: Path, command: str, sweep: str
              leave_held: bool = False) -> int:
     """Run every arm not yet in ``results``; arms another worker holds are retried until it is done, or,
     with ``leave_held``, left to it once nothing else can run (so a worker need not idle at a part's end)."""
-    from mgtool.pipeline import run_pipeline
+    from mgtool import run_pipeline
 
     results.mkdir(parents=True, exist_ok=True)
     grown = {n for arm in arms for n in arm.needs}

@@ -28,10 +28,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mgtool import TemplateMixingNet, to_template_mixing
 from mgtool.archs import ArchSpec, build_plain, resolve_spec
 from mgtool.mixing import row_templates
-from mgtool.model import TemplateMixingNet
-from mgtool.templates import to_template_mixing
 
 # name -> (spec, input size, default batch)
 CASES = {

@@ -38,12 +38,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import growth_table as gt
 
-import growth_table as gt  # noqa: E402  (puts the repository root on sys.path)
-
-from mgtool.errors import MgtoolError  # noqa: E402
-from mgtool.recipe import recipe_from_dict  # noqa: E402
+from mgtool import MgtoolError, recipe_from_dict
 
 NAME = "reproduction"
 ROOT = gt.ROOT
@@ -59,7 +56,7 @@ SUPERSEDED = {"primary-e15": "PLAN.md amendment 2: no-go at 15 epochs; the prima
 # >= 1.0; a setting whose pilot is no-go under it is reported, but its orderings are not counted in the verdict
 AMENDED_PILOT = ("primary", "secondary", "gpu")
 PROTOCOLS = {"A": "authors", "B": "complete lr 0.1 cosine"}
-PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values and mgtool.demo.PROTOCOL values
+PROTOCOL_NAMES = {"authors": "A", "lr0.1": "B"}  # --protocol values
 # PLAN.md amendment 1: every growth arm recalibrates BatchNorm on 2,048 training images after fusion
 RECALIBRATE_SECTION: dict[str, Any] | None = {"samples": 2048}
 
@@ -598,9 +595,9 @@ def main(argv: list[str] | None = None) -> int:
                    "else 0,1,2).")
     p.add_argument("--arms", default=None, help="Comma-separated arm keys: only these of the part's rows (to split "
                    "a part into runs of at most ~2 hours; see reproduction/RUNNING.md).")
-    p.add_argument("--init-scale", type=float, default=None, help="Init S's scale (default: mgtool.demo.INIT_SCALE).")
+    p.add_argument("--init-scale", type=float, default=None, help="Init S's scale (default: S_STAR, 0.1).")
     p.add_argument("--protocol", choices=tuple(PROTOCOL_NAMES), default=None,
-                   help="P*: authors (A) or lr0.1 (B) (default: mgtool.demo.PROTOCOL).")
+                   help="P*: authors (A) or lr0.1 (B) (default: P_STAR, lr0.1).")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / NAME)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / NAME)
     p.add_argument("--data-dir", default=DATA_DIR)

@@ -16,19 +16,17 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mgtool import train_plain
+from mgtool.archs import ArchSpec, resolve_spec
+from mgtool.data import data_config
+from mgtool.train import Runtime, run_paths, train_config, train_small
 
-from mgtool.archs import ArchSpec, resolve_spec  # noqa: E402
-from mgtool.data import data_config  # noqa: E402
-from mgtool.scratch import train_plain  # noqa: E402
-from mgtool.train import Runtime, run_paths, train_config, train_small  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results" / "stability"
 ARMS = {"plain": {}, "tm-coefwd-5e-4": {"coef_weight_decay": 5e-4}, "tm-coefwd-0": {"coef_weight_decay": 0.0}}

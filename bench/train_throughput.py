@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgtool import TemplateMixingNet, fresh_template_mixing
 from mgtool.archs import ArchSpec, build_plain
 from mgtool.data import data_config, normaliser, train_loader
-from mgtool.model import TemplateMixingNet
-from mgtool.templates import fresh_template_mixing
 
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
@@ -47,7 +46,7 @@ def macs_per_sample(model: nn.Module, shape: tuple[int, int, int], batch: int) -
     """Multiply-adds per training sample's forward: fvcore if installed, else conv/linear hooks
     (plus the template mixing einsum, once per batch)."""
     try:
-        from mgtool.flops import forward_flops
+        from mgtool import forward_flops
 
         return forward_flops(model, shape, batch)
     except ImportError:

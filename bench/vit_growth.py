@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's mgtool, not an editable install's
 RESULTS = ROOT / "bench" / "results" / "vit_growth"
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 OPTS = {"embed_dim": 64, "depth": 4, "num_heads": 2, "patch_size": 4, "img_size": 28}
@@ -79,8 +78,8 @@ def logit_gap(small: list[Path], grown: Path, data_dir: Path) -> float:
     """Max |grown - (a + b)| over the test subset, relative to max |a + b|."""
     import torch
 
+    from mgtool import load
     from mgtool.data import data_config, eval_batches
-    from mgtool.loading import load
 
     torch.set_num_threads(1)
     nets = [load(p).eval() for p in small]
@@ -98,8 +97,8 @@ def ensemble_top1(small: list[Path], data_dir: Path) -> float:
     """Top-1 of the sum of the small nets' logits (what zero-init fusion computes for a BatchNorm CNN)."""
     import torch
 
+    from mgtool import load
     from mgtool.data import data_config, eval_batches
-    from mgtool.loading import load
 
     torch.set_num_threads(1)
     nets = [load(p).eval() for p in small]
@@ -112,8 +111,8 @@ def ensemble_top1(small: list[Path], data_dir: Path) -> float:
 
 
 def run(work: Path) -> None:
+    from mgtool import write_subset
     from mgtool.data import data_config
-    from mgtool.subset import write_subset
 
     data = write_subset(data_config("fashion-mnist", SOURCE), work / "data", train_size=TRAIN_SIZE,
                         test_size=TEST_SIZE, seed=0)
@@ -165,8 +164,7 @@ def run(work: Path) -> None:
 
 def epoch_flops(path: Path) -> float:
     """Training FLOPs of one epoch over the training subset, as the trainer counts them."""
-    from mgtool.flops import flops_per_training_sample
-    from mgtool.loading import load
+    from mgtool import flops_per_training_sample, load
 
     return flops_per_training_sample(load(path), (1, OPTS["img_size"], OPTS["img_size"]), BATCH) * TRAIN_SIZE
 

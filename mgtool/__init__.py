@@ -19,9 +19,33 @@ _LAZY = {
     "export": "mgtool.export",
     "load": "mgtool.loading",
     "load_checkpoint": "mgtool.loading",
+    # Files and their metadata
+    "read_meta": "mgtool.checkpoint",
+    "save_checkpoint": "mgtool.checkpoint",
+    "CheckpointMeta": "mgtool.checkpoint",
+    "new_provenance": "mgtool.provenance",
+    "read_plain_weights": "mgtool.weights",
+    "checkpoint_info": "mgtool.info",
+    # Models
+    "TemplateMixingNet": "mgtool.model",
+    "to_template_mixing": "mgtool.templates",
+    "fresh_template_mixing": "mgtool.templates",
+    "forward_flops": "mgtool.flops",
+    "flops_per_training_sample": "mgtool.flops",
+    # Stages (mgtool.fuse.fuse and mgtool.train.* are in their packages)
+    "grow": "mgtool.grow_baselines",
+    "recalibrate_bn": "mgtool.recalibrate",
+    "train_plain": "mgtool.scratch",
+    "write_subset": "mgtool.subset",
+    # Recipes
+    "load_recipe": "mgtool.recipe",
+    "recipe_from_dict": "mgtool.recipe",
+    "run_pipeline": "mgtool.pipeline",
 }
 
-__all__ = ["MgtoolError", "__version__", "convert", "export", "load", "load_checkpoint"]
+# The public library API: these names, and the ``__all__`` of mgtool.archs, mgtool.data,
+# mgtool.train and mgtool.fuse (tests/test_bench_scripts.py holds bench/ to it).
+__all__ = ["MgtoolError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

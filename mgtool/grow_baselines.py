@@ -17,8 +17,8 @@ first ones of every widened dimension.
   unit j mod n), so the wide net's features are the small net's tiled g times.
 
 ``noise`` (clone and net2net) adds symmetry-breaking noise that sums to zero over the
-copies of every input unit, so the function is kept (``grow_vit.zero_sum_noise``).
-ViTs (``grow_vit``) are widened head by head by their own rules.
+copies of every input unit, so the function is kept (``archs.widening.zero_sum_noise``).
+A family that declares its own ``Family.widening`` (the ViT: head by head) is widened by it.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
+from mgtool.archs import ArchSpec, build_plain, get_family, grow_spec, resolve_spec
+from mgtool.archs.widening import zero_sum_noise
 from mgtool.channel_spaces import ChannelSpaces, channel_spaces, space_sizes
 from mgtool.checkpoint import CheckpointMeta, check_output_path, read_meta, save_checkpoint
 from mgtool.errors import MgtoolError, check_choice, check_range
-from mgtool.grow_vit import grow_vit_preserving, grow_vit_random, handles, zero_sum_noise
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import Parent, new_provenance, sha256_file
 from mgtool.verify import LogitCheck, VerifiedResult, compare_logits, require_preserved
@@ -201,7 +201,7 @@ def grow(
 
     ``net2net`` and ``clone`` refuse to write unless the wide model's logits match the
     small one's within 1e-5 of the logit scale (eval mode, fixed batch). ``noise`` is
-    their symmetry breaking: noise RMS / weight RMS (see ``grow_vit.zero_sum_noise``).
+    their symmetry breaking: noise RMS / weight RMS (see ``archs.widening.zero_sum_noise``).
     """
     src = Path(src)
     check_choice("method", method, METHODS)
@@ -221,13 +221,12 @@ def grow(
     net, _ = load_checkpoint(src)
     spec = meta_in.arch
     check = None
-    if handles(spec) and method == "random":
-        wide = grow_vit_random(net, spec, factor, seed)
-    elif method == "random":
-        wide = grow_random(net, spec, factor, seed)
+    widening = get_family(spec.name).widening
+    if method == "random":
+        wide = (widening.random if widening else grow_random)(net, spec, factor, seed)
     else:
-        if handles(spec):
-            wide, _ = grow_vit_preserving(net, spec, factor, method=method, seed=seed, noise=noise)
+        if widening is not None:
+            wide, _ = widening.preserving(net, spec, factor, method=method, seed=seed, noise=noise)
         else:
             wide, _ = grow_net2net(net, spec, factor, seed, clone=method == "clone", noise=noise)
         check = require_preserved(compare_logits(net, wide, spec), f"{method} changed the function")

@@ -30,21 +30,21 @@ from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
 from mgtool.budget import epochs_for_flops, flops_norm, samples_per_epoch
 from mgtool.checkpoint import atomic_write, read_meta
 from mgtool.convert import convert
-from mgtool.data import DataConfig, data_config, dataset_info, split_size
-from mgtool.errors import MgtoolError, SettingError
+from mgtool.data import DataConfig, data_config, dataset_info
+from mgtool.errors import MgtoolError
 from mgtool.export import export
-from mgtool.flops import flops_per_training_sample
 from mgtool.fuse import fuse
 from mgtool.grow_baselines import grow
 from mgtool.loading import build_model, load_checkpoint
+from mgtool.pipeline_plan import PipelinePlan
 from mgtool.recalibrate import batchnorm_layers, recalibrate_bn
 from mgtool.recipe import Recipe, TrainSection
-from mgtool.run_summary import PLOT_FILE, Summary, after_growth, at_growth, plot_after_growth, stage_rows
+from mgtool.run_summary import PLOT_FILE, Summary, growth_report, stage_rows
 from mgtool.runner import Ledger, Stage, StageOutcome
 from mgtool.scratch import train_plain
 from mgtool.subset import write_subset
 from mgtool.templates import fresh_template_mixing
-from mgtool.train import Runtime, TrainConfig, evaluate_checkpoint, finetune, train_config, train_small
+from mgtool.train import Runtime, evaluate_checkpoint, finetune, train_small
 from mgtool.train.api import like_seed, require_small_template_mixing
 from mgtool.train.paths import run_paths
 
@@ -67,7 +67,7 @@ FILES = {
 }
 
 
-class Pipeline:
+class Pipeline(PipelinePlan):
     """The MixtureGrowth stage graph (and its baselines and from-scratch nets) on a ``Ledger``."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, ledger: Ledger, *, quiet: bool = False,
@@ -96,43 +96,6 @@ class Pipeline:
                                   lambda out, resume: work(out, resume, not resume))
         self.outcomes.append(outcome)
         return output
-
-    def _train(self, section: TrainSection, seed: int, budget: float | None = None, epochs: int | None = None,
-               **values: Any) -> TrainConfig:
-        """The section resolved for this data set; ``budget``/``epochs`` given here override the section's."""
-        values.update({k: v for k, v in (("budget", budget), ("epochs", epochs)) if v is not None})
-        return train_config(self.data.name, section, seed=seed, **values)
-
-    # ------------------------------------------------------------------ before any stage
-
-    def preflight(self) -> None:
-        """Resolve what the stages will need from the recipe (architectures, data options,
-        training settings), so a bad value fails before the first stage, not hours later."""
-        r = self.r
-        d = r.data
-        source = data_config(d.name, d.dir, d.options, d.download)
-        self.data = source  # until prepare_data: the training settings' data set defaults
-        small = self.small_spec()
-        with torch.device("meta"):  # the family checks its options when it builds (no memory used)
-            build_plain(small)
-            build_plain(resolve_spec(grow_spec(small, r.fuse.factor)))
-        sections = [(r.net1.train if r.net1 else None, "net1.train"), (r.net2.train, "net2.train"),
-                    (r.finetune.train if r.finetune else None, "finetune.train"),
-                    (r.scratch.train if r.scratch else None, "scratch.train")]
-        for section, key in sections:
-            if section is not None:
-                try:
-                    self._train(section, 0)  # resolved against the data set's preset, validated
-                except SettingError as e:
-                    raise e.renamed(f"{key}.{e.field}") from None
-        given = [("net1.checkpoint", r.net1.checkpoint if r.net1 else None), ("net2.checkpoint", r.net2.checkpoint)]
-        for key, path in given:
-            if path is not None and not Path(path).is_file():
-                raise MgtoolError(f"recipe {key}: {path} does not exist")
-        if r.scratch is None and r.method == "mixturegrowth" and r.fuse.fusion and r.net2.train is None \
-                and r.net1.train is None and r.net2.checkpoint is None:
-            raise MgtoolError("recipe net2.train: required when net 1 is given as a checkpoint "
-                              "(there is no net 1 schedule to copy)")
 
     # ------------------------------------------------------------------ stages
 
@@ -335,8 +298,6 @@ class Pipeline:
         self.stage("eval", config, dict(checkpoints), work)
         return json.loads(out.read_text())
 
-    # ------------------------------------------------------------------ FLOPs
-
     def _data_inputs(self) -> dict[str, Path]:
         """The subset's files are inputs too (a different subset means different data)."""
         folder = self.dir / "data"
@@ -349,67 +310,6 @@ class Pipeline:
         """Whether eval's test images are those the training stages test on after each epoch."""
         e = self.r.eval
         return e.test_set == "subset" and e.limit is None
-
-    def growth_report(self, rows: list[dict[str, Any]], results: dict[str, Any],
-                      reference: float) -> dict[str, Any]:
-        """summary.json's growth fields: accuracy at growth (as fused and recalibrated) and per
-        epoch of the fine-tune from the growth point, drawn to after-growth.png (no growth:
-        empty fields, no plot)."""
-        if self.r.scratch is not None:
-            return {"at_growth": None, "after_growth": [], "after_growth_plot": None}
-        tuned = self.dir / FILES["finetune"]
-        by = {r["stage"]: r for r in rows}
-        start = by.get("grown_bn") or by["grown"]
-        top1 = start["top1"] if self.same_test_images() else results.get("growth_start", {}).get("top1")
-        epochs = after_growth(run_paths(tuned).metrics, reference, self.charged(tuned, "final"),
-                              start=None if top1 is None else (top1, start["flops_norm"]))
-        plot = None
-        if epochs:
-            plot = self.dir / PLOT_FILE
-            self.ledger.claim(plot)
-            if plot_after_growth(epochs, self.r, plot, log=self.log):
-                self.ledger.record(plot)
-            else:
-                plot = None
-        return {"at_growth": at_growth(rows), "after_growth": epochs,
-                "after_growth_plot": str(plot) if plot else None}
-
-    def train_size(self) -> int:
-        """The training images actually there (dataset_info gives the full set's nominal size)."""
-        return split_size(self.data, "train")
-
-    def _epochs_for(self, target: float, model: torch.nn.Module, section: TrainSection) -> tuple[int, float]:
-        """``(epochs, budget)`` for ``model`` to spend ``target`` training FLOPs."""
-        batch = self._train(section, 0).batch_size
-        per_sample = flops_per_training_sample(model, dataset_info(self.data).shape, batch)
-        return epochs_for_flops(target, per_sample, samples_per_epoch(self.train_size(), batch))
-
-    def charged(self, path: Path, role: str) -> float:
-        """Training FLOPs charged to ``path``: all of them, less net 1's (given, not charged)."""
-        meta = read_meta(path)
-        if role == "net1":
-            return 0.0
-        if self.r.method != "mixturegrowth" and role in ("grown", "grown_bn", "final"):
-            return meta.flops.training - self.net1_flops  # the baselines' grow keeps no "given" mark
-        return meta.flops.training - meta.flops.given
-
-    def large_per_sample(self, batch_size: int) -> float:
-        spec = grow_spec(self.small_spec(), self.r.fuse.factor)
-        with torch.device("cpu"):
-            model = build_plain(spec)
-        info = dataset_info(self.data)
-        return flops_per_training_sample(model, info.shape, batch_size)
-
-    def small_spec(self) -> ArchSpec:
-        info = dataset_info(self.data)
-        a = self.r.arch
-        return resolve_spec(ArchSpec(a.name, a.width, info.num_classes, info.shape[0], dict(a.options)))
-
-    def reference_flops(self) -> float:
-        """The large net trained from scratch for ``reference.epochs``: the paper's 1.0X."""
-        section = self.r.finetune.train if self.r.finetune else self.r.scratch.train
-        batch = self.r.reference.batch_size or self._train(section, 0).batch_size
-        return self.large_per_sample(batch) * samples_per_epoch(self.train_size(), batch) * self.r.reference.epochs
 
 
 def _is_mgtool(path: Path) -> bool:
@@ -443,7 +343,9 @@ def run_pipeline(recipe: Recipe, out_dir: Path | str, *, command: str | None = N
         rows = stage_rows(recipe, checkpoints, results, reference, p.charged)
         last = rows[-1] if recipe.scratch is not None else next(r for r in rows if r["stage"] == "final")
         charged = last["flops_charged"]
-        growth = p.growth_report(rows, results, reference)
+        growth = growth_report(recipe, rows, results, reference, run_paths(out_dir / FILES["finetune"]).metrics,
+                               final_charged=charged, same_test_images=p.same_test_images(), plot=out_dir / PLOT_FILE,
+                               ledger=ledger, log=p.log)
         summary = Summary(recipe.name, out_dir, rows, p.outcomes, reference, time.perf_counter() - t0,
                           extra={"flops_charged": charged, "flops_norm": flops_norm(charged, reference),
                                  "reference_epochs": recipe.reference.epochs,

@@ -4,28 +4,59 @@ The first comment line of every recipe is the command that runs it. Every sectio
 key is listed below; an unknown key is an error naming it and where it is, and a value
 of the wrong type is an error naming the key. ``--set a.b=value`` overrides one value
 (YAML-typed) before validation. See ``recipes/*.yaml`` and README "Recipes".
+
+Each section checks its own values when it is built (``Section.check``, labelled by its
+recipe key: ``fuse.init``); ``Recipe.validate`` is a loop over the sections plus the rules
+between sections. The YAML reading itself is ``mgtool.recipe_yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mgtool.errors import MgtoolError, first_line
+from mgtool.errors import MgtoolError, SettingError, check_choice, check_range, first_line
+from mgtool.recipe_checks import (
+    DEVICE,
+    SCRATCH_KINDS,
+    SCRATCH_SIZES,
+    TEST_SETS,
+    at,
+    check_folder_name,
+    check_fuse_init,
+    check_train,
+    positive,
+)
+from mgtool.recipe_yaml import (  # noqa: F401  (re-exported: the recipe API)
+    apply_overrides,
+    parse_dataclass,
+    parse_override,
+    read_recipe_text,
+    safe_load,
+)
 from mgtool.train.settings import TrainSettings as TrainSection  # one source: the CLI options' dataclass
 
 RECIPE_VERSION = 1
 
 
+class Section:
+    """A recipe section: it checks its own values when it is built, each error labelled by its
+    key inside the section (the parser and ``Recipe.validate`` put the section's key in front)."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``SettingError`` (labelled with ``at``) or ``MgtoolError`` for a bad value."""
+
+
 @dataclass(frozen=True)
-class Subset:
+class Subset(Section):
     """A seeded random subset of a data set held in files (fashion-mnist, mnist, cifar10,
     cifar100: every channel), written to DIR/data in the source's own file layout."""
 
@@ -33,18 +64,27 @@ class Subset:
     test: int = 0  # test images used during training and by `eval: {on: subset}` (0: all)
     seed: int = 0
 
+    def check(self) -> None:
+        positive("train", self.train, low=0)
+        positive("test", self.test, low=0)
+
 
 @dataclass(frozen=True)
-class DataSection:
+class DataSection(Section):
     name: str
     dir: str | None = None  # None: the registry's search path (--data-dir, $MGTOOL_DATA_DIR, ./data, ...)
     options: dict[str, Any] = field(default_factory=dict)
     download: bool = False
     subset: Subset | None = None
 
+    def check(self) -> None:
+        from mgtool.data import dataset_names
+
+        at("name", check_choice, self.name, dataset_names())
+
 
 @dataclass(frozen=True)
-class ArchSection:
+class ArchSection(Section):
     """The small network (net 1 and net 2); the grown one is ``factor`` times as wide."""
 
     name: str
@@ -53,18 +93,31 @@ class ArchSection:
     templates: int = 2
     share: str = "pairs"
 
+    def check(self) -> None:
+        from mgtool.archs import family_names
+        from mgtool.plan import SHARE_MODES
+
+        at("name", check_choice, self.name, family_names())
+        at("width", check_range, self.width, low=0.0, low_open=True)
+        positive("templates", self.templates)
+        at("share", check_choice, self.share, SHARE_MODES)
+
 
 @dataclass(frozen=True)
-class Net1Section:
+class Net1Section(Section):
     """Net 1 is given: a checkpoint (template-mixing as is; plain is converted), or trained here."""
 
     checkpoint: str | None = None
     train: TrainSection | None = None
     seed: int = 0
 
+    def check(self) -> None:
+        if (self.checkpoint is None) == (self.train is None):
+            raise MgtoolError("recipe net1: give exactly one of checkpoint (a given net 1) or train (train it here)")
+
 
 @dataclass(frozen=True)
-class Net2Section:
+class Net2Section(Section):
     train: TrainSection | None = None  # None: net 1's schedule
     growth_point: float = 1.0  # fraction of net 2's schedule trained before growing (Table 2)
     seed: int | None = None  # None: net 1's + 1
@@ -72,9 +125,14 @@ class Net2Section:
     # charged (unlike net 1); then train, growth_point and seed are not given.
     checkpoint: str | None = None
 
+    def check(self) -> None:
+        if self.checkpoint is not None and (self.train, self.growth_point, self.seed) != (None, 1.0, None):
+            raise MgtoolError("recipe net2: a given checkpoint is fused as is; remove train, growth_point and seed")
+        at("growth_point", check_range, self.growth_point, low=0.0, high=1.0, low_open=True)
+
 
 @dataclass(frozen=True)
-class FuseSection:
+class FuseSection(Section):
     init: str = "orthogonal"
     factor: int = 2
     noise: float = 0.0
@@ -84,6 +142,14 @@ class FuseSection:
     init_scale: float | None = None
     init_norm: str | None = None  # orthogonal: capped (default), unit, learned, authors-code; random: learned, unit
     init_options: dict[str, Any] = field(default_factory=dict)  # any setting the initialiser declares
+
+    def check(self) -> None:
+        from mgtool.coef_init import init_names
+
+        at("init", check_choice, self.init, init_names())
+        at("noise", check_range, self.noise, low=0.0)
+        check_fuse_init(self)
+        positive("factor", self.factor, low=2)
 
 
 # Off unless a recipe asks (the demo and recipes/fashion-mnist-cpu.yaml do, with 2,048 images).
@@ -97,25 +163,33 @@ DEFAULT_RECALIBRATION_SAMPLES = 0  # 2048 is a good value when on
 
 
 @dataclass(frozen=True)
-class RecalibrateSection:
+class RecalibrateSection(Section):
     """BatchNorm statistics re-estimated after growth (``mgtool recalibrate-bn``); the fine-tune
     starts from the recalibrated net. ``samples: 0`` turns it off."""
 
     samples: int = DEFAULT_RECALIBRATION_SAMPLES  # the first N training images (the whole split if fewer)
     batch_size: int = 256
 
+    def check(self) -> None:
+        positive("samples", self.samples, low=0)
+        positive("batch_size", self.batch_size)
+
 
 @dataclass(frozen=True)
-class FinetuneSection:
+class FinetuneSection(Section):
     train: TrainSection
     seed: int = 0
     # Fine-tune until the whole growth has spent this FLOPs Norm (the paper's 0.45X): the
     # epochs are then computed, and ``train.epochs`` is not used.
     flops_norm: float | None = None
 
+    def check(self) -> None:
+        if self.flops_norm is not None:
+            at("flops_norm", check_range, self.flops_norm, low=0.0, low_open=True)
+
 
 @dataclass(frozen=True)
-class ScratchSection:
+class ScratchSection(Section):
     """One net trained from scratch instead of growing (the paper's Large, Small and their Match rows)."""
 
     train: TrainSection
@@ -124,9 +198,15 @@ class ScratchSection:
     flops_norm: float | None = None  # train to this FLOPs Norm (epochs computed; train.epochs unused)
     seed: int = 0
 
+    def check(self) -> None:
+        at("size", check_choice, self.size, SCRATCH_SIZES)
+        at("kind", check_choice, self.kind, SCRATCH_KINDS)
+        if self.flops_norm is not None:
+            at("flops_norm", check_range, self.flops_norm, low=0.0, low_open=True)
+
 
 @dataclass(frozen=True)
-class ReferenceSection:
+class ReferenceSection(Section):
     """The large net trained from scratch: FLOPs Norm is measured against ``epochs`` of it."""
 
     epochs: int  # the large net's full schedule (the paper's 1.0X)
@@ -134,21 +214,41 @@ class ReferenceSection:
     train_match: bool = False  # also train it from scratch with the FLOPs growth spent ("Large Match")
     seed: int = 0
 
+    def check(self) -> None:
+        positive("epochs", self.epochs)
+        positive("batch_size", self.batch_size)
+
 
 @dataclass(frozen=True)
-class EvalSection:
+class EvalSection(Section):
     test_set: str = "subset"  # subset: the test images the stages trained with; full: the data set's whole test split
     limit: int | None = None
     batch_size: int = 256
 
+    def check(self) -> None:
+        at("test_set", check_choice, self.test_set, TEST_SETS)
+        positive("limit", self.limit)
+        positive("batch_size", self.batch_size)
+
 
 @dataclass(frozen=True)
-class RuntimeSection:
+class RuntimeSection(Section):
     device: str = "auto"
     precision: str = "auto"
     loader: str = "auto"
     workers: int | None = None
     threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def check(self) -> None:
+        from mgtool.data.loaders import LOADERS
+        from mgtool.train.evaluate import PRECISIONS
+
+        if not DEVICE.match(self.device):
+            raise SettingError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}", label="device")
+        at("precision", check_choice, self.precision, PRECISIONS)
+        at("loader", check_choice, self.loader, LOADERS)
+        positive("workers", self.workers, low=0)
+        positive("threads", self.threads)
 
 
 GROWTH_METHODS = ("mixturegrowth", "random", "net2net")
@@ -186,11 +286,45 @@ class Recipe:
     def key(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def validate(self) -> None:
-        """Every value, before anything runs: a typo fails in seconds, naming its key."""
-        from mgtool.recipe_checks import validate_recipe
+    def __post_init__(self) -> None:
+        self.validate()
 
-        validate_recipe(self)
+    def validate(self) -> None:
+        """Every value, before anything runs: a typo fails in seconds, naming its key. Each
+        section checks itself (again: it did when built), then the rules between sections."""
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if isinstance(section, Section):
+                try:
+                    section.check()
+                except SettingError as e:
+                    raise e.renamed(f"{f.name}.{e.label}") from None
+        if self.version != RECIPE_VERSION:
+            raise MgtoolError(f"recipe version {self.version} is not supported (this mgtool reads {RECIPE_VERSION})")
+        at("name", check_folder_name, self.name)
+        if self.reference is None:
+            raise MgtoolError("recipe top level: missing key 'reference'")
+        for key in ("net1", "finetune"):
+            if self.scratch is None and getattr(self, key) is None:
+                raise MgtoolError(f"recipe top level: missing key {key!r} (needed unless the recipe has scratch:)")
+            if self.scratch is not None and getattr(self, key) is not None:
+                raise MgtoolError(f"recipe {key}: not used by a scratch: recipe (one net from scratch); remove it")
+        at("method", check_choice, self.method, GROWTH_METHODS)
+        self._check_train_sections()
+        if self.method == "mixturegrowth" and self.fuse.fusion and self.fuse.factor != 2:
+            raise SettingError("factor", "must be 2 when fusing net 1 and net 2 (set fuse.fusion: false to grow "
+                               "one net by another factor)", label="fuse.factor")
+
+    def _check_train_sections(self) -> None:
+        """Every ``train:`` section, with the defaults of the data set's preset."""
+        from mgtool.data import dataset_names
+        from mgtool.train.api import dataset_preset
+
+        preset = dataset_preset(self.data.name) if self.data.name in dataset_names() else "standard"
+        sections = {"net1": self.net1, "net2": self.net2, "finetune": self.finetune, "scratch": self.scratch}
+        for key, section in sections.items():
+            if section is not None and section.train is not None:
+                check_train(f"{key}.train", section.train, preset)
 
 
 def _plain(value: Any) -> Any:
@@ -202,183 +336,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# ---------------------------------------------------------------------- parsing
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except MgtoolError as e:
-                errors.append(str(e))
-        raise MgtoolError(errors[0] if errors else f"recipe {where}: must not be null")
-    if dataclasses.is_dataclass(tp):
-        return _dataclass(tp, value, where)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise MgtoolError(f"recipe {where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if origin is list:
-        if not isinstance(value, list):
-            raise MgtoolError(f"recipe {where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise MgtoolError(f"recipe {where}: expected a list, got {value!r}")
-        item = typing.get_args(tp)[0]
-        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise MgtoolError(f"recipe {where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MgtoolError(f"recipe {where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MgtoolError(f"recipe {where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise MgtoolError(f"recipe {where}: expected a string, got {value!r}")
-        return value
-    raise MgtoolError(f"recipe {where}: unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-def _dataclass(cls: Any, data: Any, where: str) -> Any:
-    label = where or "top level"
-    if not isinstance(data, dict):
-        raise MgtoolError(f"recipe {label}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        known = ", ".join(fields)
-        raise MgtoolError(f"recipe {label}: unknown key {unknown[0]!r} (known: {known})")
-    kwargs = {}
-    for name, f in fields.items():
-        sub = f"{where}.{name}" if where else name
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise MgtoolError(f"recipe {label}: missing key {name!r}")
-            continue
-        kwargs[name] = _convert(data[name], hints[name], sub)
-    return cls(**kwargs)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], YAML-typed value)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise MgtoolError(f"--set expects KEY=VALUE with a dotted key such as finetune.train.epochs=5, got {text!r}")
-    try:
-        parsed = safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return key.split("."), parsed
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    out = json.loads(json.dumps(data))
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = out
-        for i, k in enumerate(keys[:-1]):
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            if not isinstance(child, dict):
-                raise MgtoolError(f"--set {text}: {'.'.join(keys[: i + 1])} is not a section")
-            node = child
-        node[keys[-1]] = value
-    return out
-
-
 def recipe_from_dict(data: Any, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(data, dict):
         raise MgtoolError("a recipe is a YAML mapping of sections (name, data, arch, net1, ...)")
-    recipe = _dataclass(Recipe, apply_overrides(data, overrides or []), "")
+    recipe = parse_dataclass(Recipe, apply_overrides(data, overrides or []), "")
     recipe.validate()
     return recipe
-
-
-MAX_YAML_NODES = 100_000  # a recipe has a few hundred; aliases may not expand past this
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys and bounds alias expansion: a 1 KB
-    file of nested aliases ("billion laughs") must not expand into gigabytes later."""
-
-    def compose_document(self) -> Any:
-        node = super().compose_document()
-        _count_nodes(node, {}, [0])
-        return node
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, Any] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:
-                    continue  # an unhashable key: SafeLoader reports it
-                if first is not None:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                        f"(first at line {first.start_mark.line + 1})",
-                        key_node.start_mark)
-                seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
-
-
-def _count_nodes(node: Any, sizes: dict[int, int], total: list[int]) -> int:
-    """The node count of ``node`` with every alias expanded (memoised per node)."""
-    known = sizes.get(id(node))
-    if known is not None:
-        return known
-    sizes[id(node)] = 1  # a recursive alias counts once; safe_load refuses recursion later anyway
-    size = 1
-    if isinstance(node, yaml.SequenceNode):
-        size += sum(_count_nodes(child, sizes, total) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        size += sum(_count_nodes(k, sizes, total) + _count_nodes(v, sizes, total) for k, v in node.value)
-    if size > MAX_YAML_NODES:
-        raise yaml.YAMLError(f"aliases expand to more than {MAX_YAML_NODES:,} values (nested anchors?); "
-                             "refusing to expand them")
-    sizes[id(node)] = size
-    return size
-
-
-def safe_load(text: str) -> Any:
-    """``yaml.safe_load`` with duplicate keys refused and alias expansion bounded."""
-    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506  (a SafeLoader subclass)
-
-
-def read_recipe_text(path: Path | str) -> str:
-    path = Path(path)
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise MgtoolError(f"{path}: no such recipe file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MgtoolError(f"{path}: cannot read the recipe ({e})") from None
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:

@@ -12,7 +12,7 @@ from typing import Any
 from mgtool.budget import flops_norm
 from mgtool.checkpoint import read_meta
 from mgtool.recipe import Recipe
-from mgtool.runner import StageOutcome
+from mgtool.runner import Ledger, StageOutcome
 
 
 @dataclass
@@ -108,6 +108,30 @@ def after_growth(metrics: Path, reference: float, final_charged: float, *,
         out.append({"epoch": x["epoch"], "test_top1": x["test_top1"], "lr": x.get("lr"),
                     "flops_norm": flops_norm(final_charged - (end - x["training_flops"]), reference)})
     return out
+
+
+def growth_report(recipe: Recipe, rows: list[dict[str, Any]], results: dict[str, Any], reference: float,
+                  metrics: Path, *, final_charged: float, same_test_images: bool, plot: Path, ledger: Ledger,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """summary.json's growth fields: accuracy at growth (as fused and recalibrated) and per
+    epoch of the fine-tune from the growth point (``metrics``: the fine-tune's metrics file),
+    drawn to ``plot`` (no growth: empty fields, no plot). ``same_test_images``: whether eval's
+    test images are those the fine-tune tested on after each epoch."""
+    if recipe.scratch is not None:
+        return {"at_growth": None, "after_growth": [], "after_growth_plot": None}
+    by = {r["stage"]: r for r in rows}
+    start = by.get("grown_bn") or by["grown"]
+    top1 = start["top1"] if same_test_images else results.get("growth_start", {}).get("top1")
+    epochs = after_growth(metrics, reference, final_charged,
+                          start=None if top1 is None else (top1, start["flops_norm"]))
+    drawn = None
+    if epochs:
+        ledger.claim(plot)
+        if plot_after_growth(epochs, recipe, plot, log=log):
+            ledger.record(plot)
+            drawn = plot
+    return {"at_growth": at_growth(rows), "after_growth": epochs,
+            "after_growth_plot": str(drawn) if drawn else None}
 
 
 def init_label(recipe: Recipe) -> str:

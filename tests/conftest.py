@@ -19,10 +19,7 @@ TINY_SPECS = {name: tiny_spec(name) for name in family_names()} | {
 
 # Family-parametrised tests that do not apply to a family (yet), with the reason. An xfail is
 # strict: when the feature lands the test passes, fails as XPASS, and its entry goes.
-NOT_APPLICABLE = {
-    "test_grow.py::test_net2net_preserves_the_function[vit]": pytest.mark.skip(
-        reason="ViTs widen by grow_vit's named rules, not by channel-space tracing (tested in test_vit.py)"),
-}
+NOT_APPLICABLE: dict[str, pytest.MarkDecorator] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

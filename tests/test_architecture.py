@@ -1,10 +1,15 @@
 """docs/ARCHITECTURE.md stays true: every module sits in its table, and no import, those inside
-functions included, reaches a layer above the importer's."""
+functions included, reaches a layer above the importer's; no import circle and no module over
+400 lines in mgtool/.
+
+A plugin folder (``mgtool/archs/families/*.py``, ``mgtool/data/sources/*.py``) is one row of the
+table, so adding a plugin is adding its file."""
 
 from __future__ import annotations
 
 import ast
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -13,10 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 RANK = {"errors": 0, "core": 1, "library": 2, "orchestration": 3, "cli": 4}
 ENTRY_POINTS = ("mgtool/__main__.py",)  # runs the CLI; nothing imports it
+MAX_LINES = 400
 
 
 def documented_layers() -> dict[str, str]:
-    """Module path -> layer, from the module table (its bold rows open a layer; before the first, errors)."""
+    """Module path (or a plugin folder's glob) -> layer, from the module table (its bold rows open a
+    layer; before the first, errors)."""
     text = DOC.read_text()
     table = text[text.index("| module | one job |"):text.index("## Each command's data flow")]
     layers, layer = {}, "errors"
@@ -44,11 +51,19 @@ def modules() -> dict[str, str]:
 LAYERS, MODULES = documented_layers(), modules()
 
 
+def documented(path: str) -> str | None:
+    """The layer of a module's row, or of the plugin folder (a glob row) it sits in."""
+    if path in LAYERS:
+        return LAYERS[path]
+    globs = [row for row in LAYERS if "*" in row and fnmatchcase(path, row) and "/" not in path[row.index("*"):]]
+    return LAYERS[globs[0]] if globs else None
+
+
 def layer(module: str) -> str:
     """A module's layer; a package's is its modules' layer (they must agree)."""
-    if MODULES.get(module) in LAYERS:
-        return LAYERS[MODULES[module]]
-    inner = {LAYERS[p] for m, p in MODULES.items() if m.startswith(module + ".") and p in LAYERS}
+    if MODULES.get(module) and documented(MODULES[module]):
+        return documented(MODULES[module])
+    inner = {documented(p) for m, p in MODULES.items() if m.startswith(module + ".")} - {None}
     assert len(inner) == 1, f"{module}: no single documented layer ({sorted(inner)})"
     return inner.pop()
 
@@ -77,9 +92,10 @@ def imported(path: str) -> set[str]:
 
 def test_every_module_is_in_the_architecture_table() -> None:
     undocumented = [p for p in MODULES.values()
-                    if p not in LAYERS and not p.endswith("/__init__.py") and p not in ENTRY_POINTS]
+                    if documented(p) is None and not p.endswith("/__init__.py") and p not in ENTRY_POINTS]
     assert undocumented == [], f"add these to docs/ARCHITECTURE.md's module table: {undocumented}"
-    stale = sorted(set(LAYERS) - set(MODULES.values()))
+    stale = sorted(row for row in LAYERS if not any(p == row or documented(p) and fnmatchcase(p, row)
+                                                    for p in MODULES.values()))
     assert stale == [], f"docs/ARCHITECTURE.md names modules that do not exist: {stale}"
 
 
@@ -101,3 +117,44 @@ def test_the_named_import_rules_hold() -> None:
     assert imported("mgtool/mixing.py") == set()
     assert not any(m.split(".")[0] == "torch" for m in imports("mgtool/train/settings.py")), \
         "mgtool.train.settings must not import torch"
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {p: n for p in MODULES.values() if (n := len((ROOT / p).read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"split these modules (at most {MAX_LINES} lines each): {long}"
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (module -> modules it imports), as a path that returns to its start."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_import_cycle_finds_a_circle() -> None:
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_circle_in_mgtool() -> None:
+    """Imports anywhere in a file count, those inside functions included; a package's ``__init__``
+    counts as a module (``from mgtool.archs import ArchSpec`` imports it)."""
+    graph = {m: imported(p) - {m} for m, p in MODULES.items()}
+    cycle = import_cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle)

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 import mgtool
 from mgtool.archs import build_plain, resolve_spec
-from mgtool.archs.timm_resnet import timm_kwargs
+from mgtool.archs.families.timm_resnet import timm_kwargs
 from mgtool.checkpoint import read_meta, read_tensors
 from mgtool.errors import MgtoolError
 from mgtool.model import TemplateMixingNet

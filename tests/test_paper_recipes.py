@@ -25,7 +25,8 @@ def _reference(name: str, classes: int) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(("recipe", "classes", "reference"), [
-    ("cifar10-wrn28.yaml", 10, "wrn"), ("cifar100-wrn28.yaml", 100, "wrn"), ("imagenet-resnet50.yaml", 1000, "resnet50"),
+    ("cifar10-wrn28.yaml", 10, "wrn"), ("cifar100-wrn28.yaml", 100, "wrn"),
+    ("imagenet-resnet50.yaml", 1000, "resnet50"),
 ])
 def test_each_paper_recipe_grows_into_exactly_the_papers_net(recipe, classes, reference):
     r = load_recipe(RECIPES / recipe, ["data.dir=/nonexistent"] if "imagenet" in recipe else [])

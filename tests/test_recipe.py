@@ -201,3 +201,17 @@ def test_growth_settings_reach_the_recipe() -> None:
     with pytest.raises(SettingError) as e:
         recipe_from_dict(smoke_dict(), ["finetune.train.protocol=theirs"])
     assert e.value.label == "finetune.train.protocol"
+
+
+def test_a_section_checks_itself_when_built_and_the_recipe_names_its_key() -> None:
+    from mgtool.errors import SettingError
+    from mgtool.recipe import EvalSection, FuseSection
+
+    with pytest.raises(SettingError) as e:
+        FuseSection(init="nope")
+    assert e.value.label == "init"
+    with pytest.raises(SettingError) as e:
+        EvalSection(batch_size=0)
+    assert e.value.label == "batch_size"
+    with pytest.raises(SettingError, match=r"^fuse\.factor "):
+        recipe_from_dict(smoke_dict(), ["fuse.factor=1"])

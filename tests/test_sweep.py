@@ -135,7 +135,7 @@ def test_a_net_that_is_nowhere_is_named_with_the_way_out(sweep, tmp_path: Path) 
 def test_an_arm_another_worker_runs_is_awaited_and_logged_once(sweep, tmp_path: Path, monkeypatch,
                                                                 capsys: pytest.CaptureFixture) -> None:
     gt, root, _, chosen = sweep
-    import mgtool.pipeline
+    import mgtool
 
     arm = next(a for a in chosen if a.key == "large")
     results = tmp_path / "results"
@@ -151,7 +151,7 @@ def test_an_arm_another_worker_runs_is_awaited_and_logged_once(sweep, tmp_path: 
         if len(naps) == 3:
             shutil.copy(root / "results" / f"{arm.id}.json", results / f"{arm.id}.json")
 
-    monkeypatch.setattr(mgtool.pipeline, "run_pipeline", held)
+    monkeypatch.setattr(mgtool, "run_pipeline", held)  # bench uses the public name
     monkeypatch.setattr(gt.time, "sleep", nap)
     assert gt.run_arms([arm], tmp_path / "runs", results, "pytest") == 0
     assert len(calls) == 3 and naps == [10, 10, 10]
@@ -162,7 +162,7 @@ def test_an_arm_another_worker_runs_is_awaited_and_logged_once(sweep, tmp_path: 
 def test_leave_held_stops_instead_of_waiting_for_held_arms_and_their_growers(sweep, tmp_path: Path, monkeypatch,
                                                                                capsys: pytest.CaptureFixture) -> None:
     gt, _, _, chosen = sweep
-    import mgtool.pipeline
+    import mgtool
 
     grower = next(a for a in chosen if a.needs)
     nets = [a for a in chosen if a.id in grower.needs]
@@ -175,7 +175,7 @@ def test_leave_held_stops_instead_of_waiting_for_held_arms_and_their_growers(swe
     def nap(seconds: float) -> None:
         raise AssertionError("a worker told to leave held arms waited")
 
-    monkeypatch.setattr(mgtool.pipeline, "run_pipeline", held)
+    monkeypatch.setattr(mgtool, "run_pipeline", held)  # bench uses the public name
     monkeypatch.setattr(gt.time, "sleep", nap)
     results = tmp_path / "results"
     assert gt.run_arms([*nets, grower], tmp_path / "runs", results, "pytest", leave_held=True) == 0

@@ -21,14 +21,22 @@ import mgtool.fuse
 import mgtool.loading
 from mgtool.analysis.activations import default_layers
 from mgtool.archs import ArchSpec, build_plain, get_family, grow_spec, input_size, resolve_spec
-from mgtool.archs.vit import dims, timm_kwargs, vit_qkv_tile_order
+from mgtool.archs.families.vit import (
+    dims,
+    grow_vit_preserving,
+    grow_vit_random,
+    tensor_spaces,
+    timm_kwargs,
+    vit_maps,
+    vit_qkv_tile_order,
+)
+from mgtool.archs.widening import zero_sum_noise
 from mgtool.checkpoint import CheckpointMeta, Flops, save_checkpoint
 from mgtool.cli import app
 from mgtool.errors import MgtoolError
 from mgtool.flops import forward_flops
 from mgtool.fuse import fuse_models
 from mgtool.grow_baselines import grow, grow_net2net
-from mgtool.grow_vit import grow_vit_preserving, grow_vit_random, tensor_spaces, vit_maps, zero_sum_noise
 from mgtool.provenance import new_provenance
 from mgtool.recipe import load_recipe
 from mgtool.templates import to_template_mixing

@@ -3,15 +3,11 @@
 Layer names are the family's own module names (for a template-mixing net, the names
 inside its wrapped ``net``, e.g. ``stages.0.1`` rather than ``net.stages.0.1``).
 
-Default layers (``--layers`` not given), one representation per block, as in Kornblith
-et al. and the paper's Fig. 5:
-
-* ``wrn``: ``stem`` and every residual block's output (``stages.<s>.<b>``).
-* ``resnet18/34/50/101``: the stem's output ``act1`` and every residual block's output
-  (``layer<s>.<b>``).
-* ``vit``: every transformer block's output (``blocks.<i>``, all tokens).
-* ``tiny-cnn``, ``tiny-mlp`` and any other family: the outputs of every mixable layer
-  (Conv2d/Linear) except the classifier.
+Default layers (``--layers`` not given): the family's own (``Family.cka_layers``), one
+representation per block as in Kornblith et al. and the paper's Fig. 5 (``wrn``: ``stem`` and
+every residual block; ``resnet*``: ``act1`` and every block; ``vit``: every transformer block,
+all tokens); for a family that declares none, the outputs of every mixable layer
+(Conv2d/Linear) except the classifier.
 
 ``--layers`` takes comma-separated globs over those names: ``*`` matches within one
 dotted part, ``**`` across parts (``stages.*.*`` = every WRN block, ``**conv2`` = every
@@ -27,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mgtool.archs import get_family
 from mgtool.errors import MgtoolError
 from mgtool.model import TemplateMixingNet
 from mgtool.plan import mixable_layers
@@ -50,15 +47,9 @@ def available_layers(model: nn.Module) -> list[str]:
 
 def default_layers(model: nn.Module, family: str) -> list[str]:
     net = plain_net(model)
-    if family == "wrn":
-        from mgtool.archs.wrn import WideBlock
-
-        return ["stem"] + [n for n, m in net.named_modules() if isinstance(m, WideBlock)]
-    if family == "vit":
-        return [n for n, _ in net.named_modules() if re.fullmatch(r"blocks\.\d+", n)]
-    if family.startswith("resnet"):
-        blocks = re.compile(r"layer\d+\.\d+\Z")
-        return ["act1"] + [n for n, _ in net.named_modules() if blocks.match(n)]
+    declared = get_family(family).cka_layers
+    if declared is not None:
+        return declared(net)
     layers = mixable_layers(net)
     if layers and isinstance(layers[-1][1], nn.Linear):
         layers = layers[:-1]

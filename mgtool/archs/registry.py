@@ -1,7 +1,14 @@
-"""Registry of architecture families: name -> Family, filled by ``@register_family``."""
+"""Registry of architecture families: name -> Family, filled by ``register_family``.
+
+Every module in ``mgtool/archs/families/`` is imported on the first registry look-up, so a
+new family is one file there: what differs per family (how it builds, grows and widens,
+its default CKA layers) is a field of its ``Family``, never a branch on its name elsewhere.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from mgtool.archs.spec import ArchSpec
+from mgtool.archs.widening import Widening
 from mgtool.errors import MgtoolError, SettingError, check_choice
 
 
@@ -29,6 +37,11 @@ class Family:
     fusion_sums_logits: whether fusing g nets with zero new tiles computes the sum of their
     logits (True for BatchNorm CNNs; False where a norm, e.g. LayerNorm, mixes the joined
     stream's statistics). ``fuse --verify`` of several nets needs it.
+    widening: how ``grow`` widens a plain net of the family (random, net2net, clone, and the
+    noise of the last two); None: ``grow_baselines``' channel-space tracing, which handles
+    convolutions, norms and residual connections.
+    cka_layers: plain net -> the layers ``cka`` compares by default (one representation per
+    block); None: the output of every mixable layer except the classifier.
     """
 
     name: str
@@ -40,6 +53,8 @@ class Family:
     tiny: dict[str, Any] = field(default_factory=lambda: {"width": 1.0})
     row_interleave: dict[str, int] = field(default_factory=dict)
     fusion_sums_logits: bool = True
+    widening: Widening | None = None
+    cka_layers: Callable[[nn.Module], list[str]] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -66,9 +81,18 @@ def family_names() -> list[str]:
     return sorted(_FAMILIES)
 
 
+_loaded = False
+
+
 def _ensure_loaded() -> None:
-    # Importing the family modules registers them; done lazily to keep imports cheap.
-    from mgtool.archs import timm_resnet, tiny, vit, wrn  # noqa: F401
+    global _loaded
+    if _loaded:
+        return
+    from mgtool.archs import families
+
+    for module in pkgutil.iter_modules(families.__path__):
+        importlib.import_module(f"{families.__name__}.{module.name}")  # importing registers
+    _loaded = True
 
 
 def tiny_spec(name: str) -> ArchSpec:

@@ -40,6 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # a docstring paragraph is reflowed to the terminal (no ragged lines at 80 columns)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

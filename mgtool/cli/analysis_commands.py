@@ -52,8 +52,8 @@ def cka_cmd(
         str | None,
         typer.Option(
             "--layers",
-            help="Comma-separated globs over module names ('*' within a dotted part, '**' across), "
-            "e.g. 'stages.*.*'. Default: every block's output (see README).",
+            help="Comma-separated globs over module names (`*` within a dotted part, `**` across), "
+            "e.g. `stages.*.*`. Default: every block's output (see README).",
             show_default=False,
         ),
     ] = None,
@@ -102,7 +102,7 @@ def cka_time_cmd(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            help="Run folders (their <run>.epochNNN.safetensors files, by epoch) and/or checkpoints, "
+            help="Run folders (their `RUN.epochNNN.safetensors` files, by epoch) and/or checkpoints, "
             "in the order to show them.",
             show_default=False,
         ),

@@ -126,7 +126,7 @@ def _list_archs(as_json: bool) -> None:
         return
     table = Table(title="architecture families")
     for col in ("name", "options (defaults)", "summary"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # folded, never cut with "…" (80 columns)
     for name, row in rows.items():
         table.add_row(name, ", ".join(f"{k}={v}" for k, v in row["options"].items()), row["summary"])
     console.print(table)
@@ -136,8 +136,8 @@ def _print_info(info: dict) -> None:
     arch = info["arch"]
     opts = ", ".join(f"{k}={v}" for k, v in arch["options"].items())
     table = Table(title=info["path"], show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
     table.add_row("kind", info["kind"])
     table.add_row("architecture", f"{arch['name']} width={arch['width']:g} classes={arch['num_classes']} "
                                   f"in_chans={arch['in_chans']} {opts}")
@@ -160,7 +160,7 @@ def _print_info(info: dict) -> None:
     if "plan" in info:
         banks = Table(title=f"template banks (t={info['plan']['templates_per_layer']}, share={info['plan']['share']})")
         for col in ("bank", "shape (sets, K, *tile)", "grids", "layers"):
-            banks.add_column(col)
+            banks.add_column(col, overflow="fold")
         for b in info["plan"]["banks"]:
             banks.add_row(b["name"], str(tuple(b["shape"])), ", ".join(b["grids"]), ", ".join(b["layers"]))
         console.print(banks)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from mgtool.cli.common import (
     ForceOpt,
@@ -23,6 +24,50 @@ from mgtool.errors import SettingError
 SeedOpt = Annotated[int, typer.Option(help="Seed of the new coefficients / weights / unit maps.")]
 
 
+def init_help() -> str:
+    """``--init``'s help: the registered initialisers' names (mgtool.coef_init)."""
+    from mgtool.coef_init import init_names
+
+    return f"New coefficients: {', '.join(init_names())} (see 'Initialisers' below)."
+
+
+def inits_epilog() -> str:
+    """fuse's epilog: every registered initialiser with its summary."""
+    from mgtool.coef_init import get_init, init_names
+
+    return "Initialisers (--init):\n\n" + "\n\n".join(f"{n}: {get_init(n).summary}" for n in init_names())
+
+
+def init_opt_help() -> str:
+    """``--init-opt``'s help: the settings each registered initialiser declares."""
+    from mgtool.coef_init import get_init, init_names
+
+    declared = [f"{n}: {', '.join(p.name for p in get_init(n).params)}" for n in init_names() if get_init(n).params]
+    return f"Any setting the chosen initialiser declares ({'; '.join(declared)}), NAME=VALUE (repeatable)."
+
+
+class RegistryHelpCommand(TyperCommand):
+    """fuse's command: the help of ``--init`` and ``--init-opt`` and the epilog are written from the initialiser
+    registry when help or the parameters are first asked for (help, docs, parsing), not when the CLI
+    starts (the registry imports torch; ``mgtool --help`` must not)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        self._write_registry_help()
+        return super().get_params(ctx)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._write_registry_help()
+        super().format_help(ctx, formatter)
+
+    def _write_registry_help(self) -> None:
+        if self.epilog is None:
+            self.epilog = inits_epilog()
+        for param in self.params:
+            write = {"init": init_help, "init_opt": init_opt_help}.get(param.name or "")
+            if write is not None and not getattr(param, "from_registry", False):
+                param.help, param.from_registry = write(), True  # type: ignore[attr-defined]
+
+
 @handle_errors
 def fuse_cmd(
     sources: Annotated[
@@ -31,7 +76,7 @@ def fuse_cmd(
     ],
     output: OutOpt,
     init: Annotated[
-        str, typer.Option(help="New coefficients: orthogonal, random, normal, copy or zero (mgtool.coef_init).")
+        str, typer.Option(help="New coefficients (the list is written from the initialiser registry).")
     ] = "orthogonal",
     factor: Annotated[
         int | None,
@@ -60,8 +105,8 @@ def fuse_cmd(
     ] = None,
     init_opt: Annotated[
         list[str] | None,
-        typer.Option(help="Any setting the chosen initialiser declares, NAME=VALUE (repeatable).", show_default=False,
-                     metavar="NAME=VALUE"),
+        typer.Option(help="Any setting the chosen initialiser declares (written from the registry).",
+                     show_default=False, metavar="NAME=VALUE"),
     ] = None,
     verify: Annotated[
         bool,
@@ -162,5 +207,5 @@ def grow_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("fuse")(fuse_cmd)
+    app.command("fuse", cls=RegistryHelpCommand)(fuse_cmd)
     app.command("grow")(grow_cmd)

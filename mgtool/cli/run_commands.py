@@ -14,7 +14,7 @@ from rich.text import Text
 from mgtool.cli.common import console, emit, handle_errors
 
 OutDirOpt = Annotated[Path | None, typer.Option(
-    "-o", "--output", help="Folder for the stages' files. [default: runs/<recipe name>]", show_default=False)]
+    "-o", "--output", help="Folder for the stages' files. [default: `runs/<recipe name>`]", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace files in DIR that this pipeline did not write.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or epoch lines.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print summary.json's content on stdout instead of its path.")]
@@ -36,9 +36,10 @@ def _test_set(which: str) -> str:
 def summary_table(summary) -> Table:
     table = Table(title=Text(f"{summary.recipe}: accuracy and training FLOPs per stage"), title_justify="left",
                   box=box.SIMPLE_HEAD)
+    # Every cell folds rather than being cut with "…" in a narrow terminal (80 columns).
     for column, justify in (("stage", "left"), ("net", "left"), ("top-1", "right"), ("FLOPs spent", "right"),
                             ("FLOPs Norm", "right")):
-        table.add_column(column, justify=justify, no_wrap=True)
+        table.add_column(column, justify=justify, overflow="fold")
     for row in summary.rows:
         norm = "given" if row["stage"] == "net1" else f"{row['flops_norm']:.2f}X"
         table.add_row(Text(row["label"]), Text(row["arch"]), _pct(row["top1"]), f"{row['flops_spent']:.3g}", norm)
@@ -46,7 +47,8 @@ def summary_table(summary) -> Table:
         "FLOPs Norm = training FLOPs charged so far (net 1 given, not charged, as in the paper) / "
         f"{summary.reference_flops:.3g}, the large net trained from scratch for the full "
         f"{summary.extra['reference_epochs']}-epoch schedule (1.00X). fvcore multiply-adds, training = 3x forward. "
-        f"Accuracy on the {_test_set(summary.extra['eval_test_set'])}." + _growth_note(summary))
+        f"Accuracy on the {_test_set(summary.extra['eval_test_set'])}." + _growth_note(summary),
+        justify="left")
     return table
 
 

@@ -46,7 +46,7 @@ LoaderOpt = Annotated[str, typer.Option(
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes. "
                                                    "(default: min(8, CPUs))", show_default=False)]
 KeepEveryOpt = Annotated[int, typer.Option(
-    "--keep-every", help="Also keep OUT-stem.epochNNN.safetensors every N epochs (0: never).")]
+    "--keep-every", help="Also keep a copy of OUT every N epochs, named OUT stem + .epochNNN + suffix (0: never).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run of OUT from its "
                                          "OUT-stem.state.pt.")]

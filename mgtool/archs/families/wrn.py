@@ -114,5 +114,6 @@ register_family(
         input_size=lambda spec: (32, 32),
         summary="CIFAR Wide ResNet; width = widen factor k (WRN-28-10: --width 10)",
         tiny={"width": 0.5, "num_classes": 10, "options": {"depth": 10, "stem_width": 8}},
+        cka_layers=lambda net: ["stem"] + [n for n, m in net.named_modules() if isinstance(m, WideBlock)],
     )
 )

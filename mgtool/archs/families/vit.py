@@ -1,4 +1,14 @@
-"""Widening timm ViTs (family ``vit``): clone, net2net and random, head by head.
+"""timm's VisionTransformer (class token, learned pos_embed, token pooling) at any width.
+
+Options ``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``img_size`` and
+``mlp_ratio`` give the width-1 model; the defaults are a small-image preset for tests
+and CPU runs (patch 4 on 32x32, dim 64, depth 4, 2 heads: about 0.2 M parameters;
+pass ``--opt img_size=28`` for 28x28 inputs). Width W multiplies ``embed_dim``,
+``num_heads`` (so ``head_dim`` is kept) and with them the MLP hidden size
+(``mlp_ratio * embed_dim``). Key names are timm's, and ``timm_kwargs(spec)`` makes
+``timm.create_model("vit_tiny_patch16_224", **timm_kwargs(spec))`` this model at any width.
+
+Widening (``grow --method clone|net2net|random``), head by head:
 
 A ViT widens along four unit spaces, each with its own map ``new unit -> old unit``
 (units 0..n-1 of every map are the originals):
@@ -34,14 +44,84 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import timm
 import torch
 from torch import Tensor, nn
 
-from mgtool.archs import ArchSpec, build_plain, grow_spec, resolve_spec
-from mgtool.archs.vit import QKV_PARTS, dims
+from mgtool.archs.registry import Family, build_plain, grow_spec, register_family, resolve_spec, scaled
+from mgtool.archs.spec import ArchSpec
+from mgtool.archs.widening import Widening, zero_sum_noise
 from mgtool.errors import MgtoolError
 
-FAMILIES = ("vit",)
+TIMM_NAME = "vit_tiny_patch16_224"  # qkv_bias, class token, token pooling: timm's default ViT
+QKV_PARTS = 3  # timm's qkv output is [q heads..., k heads..., v heads...]
+
+
+def dims(spec: ArchSpec) -> tuple[int, int, int]:
+    """(embed_dim, num_heads, mlp hidden size) of the spec at its width; refuses fractions."""
+    o = spec.options
+    base_dim, base_heads = int(o["embed_dim"]), int(o["num_heads"])
+    if base_heads < 1 or base_dim % base_heads:
+        raise MgtoolError(f"vit: embed_dim ({base_dim}) must be a multiple of num_heads ({base_heads})")
+    dim = scaled(base_dim, spec.width, "vit embed_dim")
+    heads = scaled(base_heads, spec.width, "vit num_heads")
+    if dim != heads * (base_dim // base_heads):
+        raise MgtoolError(f"vit: width {spec.width:g} does not keep head_dim {base_dim // base_heads}; "
+                          "choose a width that makes num_heads a whole number")
+    hidden = dim * float(o["mlp_ratio"])
+    if abs(hidden - round(hidden)) > 1e-6:
+        raise MgtoolError(f"vit: mlp_ratio {o['mlp_ratio']} x embed_dim {dim} is not a whole number")
+    return dim, heads, int(round(hidden))
+
+
+def timm_kwargs(spec: ArchSpec) -> dict:
+    """The keyword arguments that make ``timm.create_model(TIMM_NAME, **kw)`` this model."""
+    o = spec.options
+    dim, heads, _ = dims(spec)
+    img, patch, depth = int(o["img_size"]), int(o["patch_size"]), int(o["depth"])
+    if patch < 1 or img % patch:
+        raise MgtoolError(f"vit: img_size ({img}) must be a multiple of patch_size ({patch})")
+    if depth < 1:
+        raise MgtoolError(f"vit: depth must be at least 1, got {depth}")
+    return {
+        "img_size": img,
+        "patch_size": patch,
+        "embed_dim": dim,
+        "depth": depth,
+        "num_heads": heads,
+        "mlp_ratio": float(o["mlp_ratio"]),
+        "num_classes": spec.num_classes,
+        "in_chans": spec.in_chans,
+    }
+
+
+def _build(spec: ArchSpec) -> nn.Module:
+    return timm.create_model(TIMM_NAME, pretrained=False, **timm_kwargs(spec))
+
+
+def _grow(spec: ArchSpec, g: int) -> ArchSpec:
+    return ArchSpec(spec.name, spec.width * g, spec.num_classes, spec.in_chans, dict(spec.options))
+
+
+def vit_qkv_tile_order(embed_dim: int, factor: int) -> Tensor:
+    """Row permutation of a fused qkv weight: timm's layout from the tiled one.
+
+    ``fuse`` tiles a hidden layer row block by row block, net r's rows in block r, so a
+    fused qkv generates rows ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]`` (``embed_dim`` rows
+    each, net r's heads in order inside q_r). timm splits qkv as ``[q | k | v]`` with the
+    heads in order, so the grown net needs ``[q_0 q_1 .. | k_0 k_1 .. | v_0 v_1 ..]``:
+    heads ``[net 0's heads, net 1's heads, ...]`` in each of q, k and v. Returns ``perm``
+    with ``timm_rows = tiled_rows[perm]`` (apply to the weight's rows and the bias).
+    ``head_dim`` is kept, so the permutation does not depend on the number of heads.
+    """
+    if embed_dim < 1 or factor < 1:
+        raise ValueError(f"embed_dim and factor must be positive, got {embed_dim}, {factor}")
+    tiled = torch.arange(factor * QKV_PARTS * embed_dim).view(factor, QKV_PARTS, embed_dim)
+    return tiled.transpose(0, 1).reshape(-1)
+
+
+# ---------------------------------------------------------------------- widening
+
 STREAM, HEADS, MLP = "stream", "heads", "mlp"
 ATTN, QKV = "attn", "qkv"  # unit maps derived from the heads map
 
@@ -62,11 +142,6 @@ _RULES: tuple[tuple[str, str | None, str | None], ...] = (
     (r"head\.bias", None, None),
 )
 _EMBEDDINGS = re.compile(r"(cls_token|pos_embed)\Z")
-
-
-def handles(spec: ArchSpec) -> bool:
-    """Whether this module (not the channel-space tracer) widens ``spec``'s family."""
-    return spec.name in FAMILIES
 
 
 def tensor_spaces(key: str) -> tuple[str | None, str | None]:
@@ -118,29 +193,6 @@ def vit_maps(spec: ArchSpec, factor: int, method: str, generator: torch.Generato
     if method == "net2net":
         return VitMaps(balanced(dim), drawn(heads), drawn(hidden), dim, dim // heads)
     raise MgtoolError(f"vit: no unit maps for method {method!r}")
-
-
-def zero_sum_noise(in_map: Tensor, shape: tuple[int, ...], ratio: float, scale: float,
-                   generator: torch.Generator) -> Tensor:
-    """Gaussian noise for a widened weight (input units on dim 1) that sums to zero over
-    the copies of every source unit, so it leaves the function unchanged.
-
-    Its RMS is ``ratio * scale`` (``scale``: the widened weight's RMS) over every
-    column whose source unit has at least two copies, so the signal-to-noise power
-    ratio of those columns is ``1 / ratio**2`` (``20 log10(1/ratio)`` dB); a unit with
-    one copy gets none.
-    """
-    noise = torch.randn(shape, generator=generator, dtype=torch.float64)
-    groups = in_map.long()
-    counts = torch.bincount(groups).to(torch.float64)
-    view = [1] * len(shape)
-    view[1] = -1
-    sums = torch.zeros(shape[0], counts.numel(), *shape[2:], dtype=torch.float64).index_add_(1, groups, noise)
-    mean = sums.index_select(1, groups) / counts[groups].view(view)
-    c = counts[groups]
-    # Removing the mean of c samples leaves (c-1)/c of the variance; restore it.
-    gain = torch.where(c > 1, torch.sqrt(c / (c - 1).clamp_min(1)), torch.zeros_like(c))
-    return (noise - mean) * gain.view(view) * ratio * scale
 
 
 def _widen(t: Tensor, key: str, maps: VitMaps) -> tuple[Tensor, Tensor | None]:
@@ -203,3 +255,23 @@ def _same_keys(small: dict[str, Tensor], wide: dict[str, Tensor]) -> None:
     if set(small) != set(wide):
         diff = sorted(set(small) ^ set(wide))
         raise MgtoolError(f"vit: growing changes the state-dict keys ({diff[:4]})")
+
+
+register_family(
+    Family(
+        name="vit",
+        build=_build,
+        options={"embed_dim": 64, "depth": 4, "num_heads": 2, "patch_size": 4, "img_size": 32,
+                 "mlp_ratio": 4.0},
+        grow=_grow,
+        input_size=lambda spec: (int(spec.options["img_size"]),) * 2,
+        summary="timm VisionTransformer (class token, learned pos_embed); width multiplies embed_dim, "
+        "num_heads (head_dim kept) and the MLP; defaults: patch 4 on 32x32, dim 64, depth 4, 2 heads",
+        tiny={"width": 0.5, "num_classes": 5,
+              "options": {"embed_dim": 32, "depth": 2, "num_heads": 4, "img_size": 16}},
+        row_interleave={"blocks.*.attn.qkv": QKV_PARTS},  # fused heads: see vit_qkv_tile_order
+        fusion_sums_logits=False,  # LayerNorm normalises over the nets' joined streams
+        widening=Widening(grow_vit_random, grow_vit_preserving),
+        cka_layers=lambda net: [n for n, _ in net.named_modules() if re.fullmatch(r"blocks\.\d+", n)],
+    )
+)

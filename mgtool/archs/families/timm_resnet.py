@@ -13,6 +13,8 @@ timm's own model.
 
 from __future__ import annotations
 
+import re
+
 import timm
 from torch import nn
 
@@ -75,6 +77,11 @@ def _grow(spec: ArchSpec, g: int) -> ArchSpec:
     return ArchSpec(spec.name, spec.width * g, spec.num_classes, spec.in_chans, dict(spec.options))
 
 
+def _block_outputs(net: nn.Module) -> list[str]:
+    """The stem's output ``act1`` and every residual block's output (``layer<s>.<b>``)."""
+    return ["act1"] + [n for n, _ in net.named_modules() if re.fullmatch(r"layer\d+\.\d+", n)]
+
+
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
     register_family(
         Family(
@@ -86,5 +93,6 @@ for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
             summary=f"timm {_name}; width multiplies every channel count, stem included (1.0 = timm's "
             "model); stem=timm keeps timm's 64-channel stem at every width (cannot be fused)",
             tiny={"width": 0.0625, "num_classes": 7},
+            cka_layers=_block_outputs,
         )
     )
