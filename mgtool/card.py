@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mgtool.checkpoint import CheckpointMeta
-from mgtool.provenance import sha256_file
+from mgtool.provenance import sha256_file, stage_of
 
 
 def literal(value: Any) -> str:
@@ -83,15 +83,13 @@ def model_card(meta: CheckpointMeta, *, name: str, load_hint: str, eval_results:
 
 
 def _stage(meta: CheckpointMeta) -> str:
-    training = meta.training or {}
-    argv = list(meta.provenance.command)
-    return str(training.get("command") or (argv[1] if len(argv) > 1 else meta.kind))
+    return stage_of(meta.training, meta.provenance.command, str(meta.kind))
 
 
 def _growth_lines(records: list[dict[str, Any]], meta: CheckpointMeta) -> list[str]:
     grown = [r for r in records if isinstance(r.get("growth"), dict)]
     if isinstance((meta.training or {}).get("growth"), dict):
-        grown.append({"stage": "fuse (this file)", "growth": meta.training["growth"]})
+        grown.append({"stage": f"{_stage(meta)} (this file)", "growth": meta.training["growth"]})
     if not grown:
         return ["No growth step in this lineage."]
     out = []

@@ -116,7 +116,7 @@ def stage_record(parent: Parent, header: dict[str, Any]) -> dict[str, Any]:
     prov = header.get("provenance") or {}
     training = header.get("training") or {}
     command = [str(a) for a in prov.get("command", [])]
-    stage = training.get("command") or (command[1] if len(command) > 1 else header.get("kind"))
+    stage = stage_of(training, command, str(header.get("kind")))
     record = {
         "sha256": parent.sha256, "path": parent.path, "role": parent.role, "stage": stage, "command": command,
         "parents": [str(p.get("sha256")) for p in prov.get("parents", [])],
@@ -130,6 +130,18 @@ def stage_record(parent: Parent, header: dict[str, Any]) -> dict[str, Any]:
     if prov.get("source") is not None:
         record["source"] = prov["source"]
     return record
+
+
+def stage_of(training: dict[str, Any] | None, command: list[str] | tuple[str, ...], kind: str) -> str:
+    """A file's stage: its training command, ``fuse`` for a fused file, else mgtool's subcommand, else its kind."""
+    training = training or {}
+    if training.get("command"):
+        return str(training["command"])
+    if "growth" in training:
+        return "fuse"
+    if len(command) > 1 and Path(command[0]).name.startswith("mgtool"):
+        return str(command[1])
+    return kind
 
 
 def _mgtool_header(path: str) -> dict[str, Any] | None:

@@ -174,7 +174,8 @@ def _card(src: Path, card: bool, check: bool, as_json: bool) -> None:
     if check:
         results = check_parents(meta, src.parent)
         for r in results:
-            console.print(f"{r.status:8} {r.path} recorded {r.recorded[:16]} found {(r.found or '-')[:16]}")
+            console.print(f"{r.status:8} {r.path} recorded {r.recorded[:16]} found {(r.found or '-')[:16]}",
+                          soft_wrap=True)
         if as_json and not card:
             emit(src, {"parents": [r.to_dict() for r in results]}, True)
         bad = [r.path for r in results if r.status == "MISMATCH"]

@@ -1,0 +1,329 @@
+"""Issue 26: pretrained timm sources for convert, export --format timm-dir, the model card.
+
+Offline: a Hugging Face hub cache folder is built under tmp (HF_HOME, HF_HUB_OFFLINE=1) holding
+tiny timm models in the hub layout (models--OWNER--NAME/snapshots/REV, refs/main).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.models import save_for_hf
+from typer.testing import CliRunner
+
+import mgtool
+from mgtool.archs import ArchSpec
+from mgtool.card import literal
+from mgtool.checkpoint import read_meta
+from mgtool.cli import app
+from mgtool.errors import SettingError
+from mgtool.sources import parse_source
+
+from .conftest import randomised_plain
+
+runner = CliRunner()
+REV = "0123456789abcdef0123456789abcdef01234567"
+RESNET_KW = {"channels": (4, 8, 16, 32), "num_classes": 7}  # timm's 64-channel stem: mgtool stem=timm
+VIT_KW = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 5}
+SYNTHETIC = ["--data", "synthetic", "--data-opt", "shape=3x16x16", "--data-opt", "classes=5",
+             "--data-opt", "train_size=32", "--data-opt", "test_size=16"]
+QUICK = ["--epochs", "1", "--batch-size", "16", "--device", "cpu", "-q"]
+
+
+def _timm(name: str, seed: int, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = timm.create_model(name, **kw)
+    with torch.no_grad():  # non-trivial BatchNorm statistics and biases
+        for key, value in model.state_dict().items():
+            if value.is_floating_point() and not key.endswith("weight"):
+                value.add_(0.1 * torch.rand_like(value))
+    return model
+
+
+def save_hub(root: Path, repo: str, model: torch.nn.Module) -> Path:
+    """``model`` saved by timm, laid out as huggingface_hub's cache does: the snapshot folder."""
+    base = root / "hub" / ("models--" + repo.replace("/", "--"))
+    snap = base / "snapshots" / REV
+    save_for_hf(model, str(snap), safe_serialization=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(REV)
+    return snap
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hf")
+    save_hub(root, "timm/resnet18.tiny", _timm("resnet18", 0, **RESNET_KW))
+    save_hub(root, "timm/vit_tiny_patch16_224.tiny", _timm("vit_tiny_patch16_224", 1, **VIT_KW))
+    return root
+
+
+@pytest.fixture
+def offline(hub, monkeypatch) -> Path:
+    monkeypatch.setenv("HF_HOME", str(hub))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub
+
+
+def _run(args: list[str]) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _ok(args: list[str]) -> str:
+    code, out, err = _run(args)
+    assert code == 0, f"mgtool {' '.join(map(str, args))}\n{err}"
+    return out
+
+
+def _refused(args: list[str], code: int, *words: str) -> str:
+    got, _, err = _run(args)
+    lines = err.strip().splitlines()
+    assert got == code and len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def _timm_logits(folder: Path, x: torch.Tensor) -> torch.Tensor:
+    """timm alone loads the folder (strict, in a fresh interpreter without mgtool) and runs ``x``."""
+    code = (
+        "import sys, torch, timm\n"
+        f"m = timm.create_model('local-dir:{folder}', pretrained=True).eval()\n"
+        "assert not any(k.startswith('mgtool') for k in sys.modules), 'mgtool was imported'\n"
+        f"torch.save(m(torch.load('{folder}.x.pt')).detach(), '{folder}.y.pt')\n"
+    )
+    torch.save(x, f"{folder}.x.pt")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return torch.load(f"{folder}.y.pt")
+
+
+def _same_logits(folder: Path, ckpt: Path, spec: ArchSpec, size: int) -> None:
+    x = torch.randn(3, spec.in_chans, size, size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = mgtool.load(ckpt)(x)
+    theirs = _timm_logits(folder, x)
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5 * float(ours.abs().max()))
+
+
+# ---------------------------------------------------------------- source names
+
+@pytest.mark.parametrize("text", ["hf-hub:", "hf-hub:   ", "hf-hub:timm", "hf-hub:timm/", "hf-hub:/x",
+                                  "hf-hub:a/b/c", "hf-hub:timm/x@", "hf-hub:timm/x@a@b", "local-dir:"])
+def test_malformed_source_is_a_usage_error(text, tmp_path):
+    with pytest.raises(SettingError):
+        parse_source(text)
+    out = tmp_path / "x.safetensors"
+    _refused(["convert", text, "-o", out], 2, "SRC")
+    assert not out.exists()
+
+
+def test_parse_source_names():
+    assert str(parse_source("hf-hub:timm/resnet18.a1_in1k@main")) == "hf-hub:timm/resnet18.a1_in1k@main"
+    assert parse_source("local-dir:some/folder").ident == "some/folder"
+    assert parse_source("resnet18.a1_in1k") is None  # a file path unless --pretrained
+    assert parse_source("resnet18.a1_in1k", pretrained=True).kind == "timm"
+    with pytest.raises(SettingError):
+        parse_source("timm/resnet18", pretrained=True)
+
+
+# ---------------------------------------------------------------- convert from hub and folder
+
+@pytest.mark.parametrize(("repo", "arch", "options"), [
+    ("timm/resnet18.tiny", {"name": "resnet18", "width": 0.0625, "num_classes": 7}, {"stem": "timm"}),
+    ("timm/vit_tiny_patch16_224.tiny", {"name": "vit", "width": 1.0, "num_classes": 5},
+     {"embed_dim": 32, "depth": 2, "num_heads": 4, "patch_size": 4, "img_size": 16, "mlp_ratio": 4.0}),
+])
+def test_convert_hub_infers_the_spec_and_exports_a_timm_folder(offline, tmp_path, repo, arch, options):
+    tm, folder = tmp_path / "net.tm.safetensors", tmp_path / "net.timm"
+    _ok(["convert", f"hf-hub:{repo}", "-o", tm])
+    meta = read_meta(tm)
+    assert {k: meta.arch.to_dict()[k] for k in arch} == arch and meta.arch.options == options
+    source = meta.provenance.source
+    assert source["name"] == f"hf-hub:{repo}" and source["revision"] == REV and source["pretrained_tag"]
+    weights = offline / "hub" / ("models--" + repo.replace("/", "--")) / "snapshots" / REV / "model.safetensors"
+    assert meta.provenance.parents[0].sha256 == source["weights_sha256"] == mgtool.provenance.sha256_file(weights)
+    _ok(["export", tm, "--format", "timm-dir", "-o", folder])
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["num_classes"] == arch["num_classes"] and config["pretrained_cfg"]["tag"] == "mgtool"
+    size = options.get("img_size", 32)
+    _same_logits(folder, tm, meta.arch, size)
+    # the hub revision pinned by name resolves too, and the same weights give the same file content
+    _ok(["convert", f"hf-hub:{repo}@{REV}", "-o", tmp_path / "pinned.safetensors"])
+
+
+def test_convert_local_dir_and_reexport_at_width_one(offline, tmp_path):
+    src = tmp_path / "r18"
+    save_for_hf(_timm("resnet18", 3, num_classes=4), str(src), safe_serialization=True)
+    tm, folder = tmp_path / "r18.tm.safetensors", tmp_path / "r18.timm"
+    _ok(["convert", f"local-dir:{src}", "--templates", "1", "-o", tm])
+    meta = read_meta(tm)
+    assert meta.arch.name == "resnet18" and meta.arch.width == 1.0 and meta.arch.options["stem"] == "scaled"
+    assert meta.provenance.source["kind"] == "local-dir" and meta.provenance.source["revision"] is None
+    _ok(["export", tm, "--format", "timm-dir", "-o", folder])
+    _same_logits(folder, tm, meta.arch, 32)
+    _refused(["export", tm, "--format", "timm-dir", "-o", folder], 1, "already exists", "--force")
+    before = (folder / "model.safetensors").read_bytes()
+    _ok(["export", tm, "--format", "timm-dir", "-o", folder, "--force"])
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+# ---------------------------------------------------------------- the round trip
+
+def test_round_trip_hub_vit_grown_to_timm_folder(offline, tmp_path):
+    f = {n: tmp_path / f"{n}.safetensors" for n in ("net1", "net1t", "net2", "grown", "ft")}
+    _ok(["convert", "hf-hub:timm/vit_tiny_patch16_224.tiny", "-o", f["net1"]])
+    _ok(["train-small", "--init-from", f["net1"], *SYNTHETIC, *QUICK, "-o", f["net1t"]])
+    _ok(["train-small", "--like", f["net1t"], *QUICK, "-o", f["net2"]])
+    _ok(["fuse", f["net1t"], f["net2"], "-o", f["grown"]])
+    _ok(["finetune", f["grown"], *QUICK, "-o", f["ft"]])
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(_ok(["eval", f["ft"], "--device", "cpu", "--json"]))
+    folder = tmp_path / "grown.timm"
+    _ok(["export", f["ft"], "--format", "timm-dir", "--eval-json", evaluation, "-o", folder])
+    meta = read_meta(f["ft"])
+    assert meta.arch.width == 2.0
+    _same_logits(folder, f["ft"], meta.arch, 16)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_args"]["embed_dim"] == 64 and config["model_args"]["num_heads"] == 8
+    assert config["pretrained_cfg"]["input_size"] == [3, 16, 16]
+    assert config["pretrained_cfg"]["mean"] == [0.5, 0.5, 0.5]  # the synthetic set's normalisation
+
+    card = (folder / "README.md").read_text()
+    printed = _ok(["info", f["ft"], "--card"])
+    for path in (f["net1"], f["net1t"], f["net2"], f["grown"]):  # every ancestor's hash, computed here
+        digest = mgtool.provenance.sha256_file(path)
+        assert digest in card and digest in printed
+    assert "hf-hub:timm/vit_tiny_patch16_224.tiny" in card and REV in card
+    assert "mixturegrowth, x2 from 2 net(s); init orthogonal" in card and "tile ratio s median" in card
+    assert "`mgtool eval`: top-1" in card and "| finetune (this file) |" in card
+
+    # a reader checks the hashes: all match, then an altered parent is visible
+    assert _run(["info", f["ft"], "--check-parents"])[0] == 0
+    with open(f["net2"], "ab") as fh:
+        fh.write(b"\0")
+    code, _, err = _run(["info", f["ft"], "--check-parents"])
+    report = err.strip().splitlines()
+    assert code == 1 and report[-1].startswith("error: ") and "differ from their recorded sha256" in report[-1]
+    assert [line.split()[0] for line in report[:-1] if str(f["net2"]) in line] == ["MISMATCH"]
+    assert sum(line.startswith("ok ") for line in report) == 3  # net1, net1t, grown
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_unknown_hub_name_or_tag_says_what_to_fetch(offline, tmp_path):
+    out = tmp_path / "x.safetensors"
+    _refused(["convert", "hf-hub:timm/nosuch.model", "-o", out], 1, "huggingface-cli download timm/nosuch.model",
+             "HF_HOME")
+    _refused(["convert", "hf-hub:timm/resnet18.tiny@feedbeef", "-o", out], 1, "--revision feedbeef")
+    _refused(["convert", "resnet18.a1_in1k", "--pretrained", "-o", out], 1,
+             "huggingface-cli download timm/resnet18.a1_in1k")
+    _refused(["convert", "resnet18.nosuchtag", "--pretrained", "-o", out], 1, "nosuchtag")
+    _refused(["convert", "nosuchnet", "--pretrained", "-o", out], 1, "knows no model 'nosuchnet'")
+    assert not out.exists()
+
+
+def _folder(tmp_path: Path, config: dict, model: torch.nn.Module | None = None) -> Path:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    if model is not None:
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    ({"architecture": "resnet9000", "num_classes": 3, "pretrained_cfg": {}}, ["resnet9000", "not a model timm"]),
+    ({"architecture": "resnet18", "num_classes": 7, "model_args": {**RESNET_KW, "stem_type": "deep"},
+      "pretrained_cfg": {}}, ["stem_type='deep'", "cannot be mapped"]),
+    ({"architecture": "vit_tiny_patch16_224", "num_classes": 5, "model_args": {**VIT_KW, "qkv_bias": False},
+      "pretrained_cfg": {}}, ["qkv_bias=False", "cannot be mapped"]),
+    ({"architecture": "resnet26", "num_classes": 7, "model_args": {"channels": [4, 8, 16, 32]},
+      "pretrained_cfg": {}}, ["outside mgtool's families", "resnet18/34/50/101"]),
+    ({"num_classes": 7, "pretrained_cfg": {}}, ["not a timm config"]),
+])
+def test_local_dir_config_refused(tmp_path, config, words):
+    folder = _folder(tmp_path, config, _timm("resnet18", 0, **RESNET_KW))
+    out = tmp_path / "x.safetensors"
+    _refused(["convert", f"local-dir:{folder}", "-o", out], 1, *words)
+    assert not out.exists()
+
+
+def test_local_dir_without_config_or_weights(tmp_path):
+    out = tmp_path / "x.safetensors"
+    (tmp_path / "empty").mkdir()
+    _refused(["convert", f"local-dir:{tmp_path / 'empty'}", "-o", out], 1, "no config.json")
+    _refused(["convert", f"local-dir:{tmp_path / 'absent'}", "-o", out], 1, "no such folder")
+    folder = _folder(tmp_path, {"architecture": "resnet18", "num_classes": 7, "model_args": RESNET_KW,
+                                "pretrained_cfg": {}})
+    _refused(["convert", f"local-dir:{folder}", "-o", out], 1, "no weights")
+    assert not out.exists()
+
+
+def test_pretrained_source_takes_no_arch_options(offline, tmp_path):
+    _refused(["convert", "hf-hub:timm/resnet18.tiny", "--arch", "resnet18", "--width", "1", "-o",
+              tmp_path / "x.safetensors"], 2, "drop --arch")
+
+
+def test_timm_dir_refuses_what_timm_cannot_load(plain_ckpts, tmp_path):
+    from mgtool.archs import tiny_spec
+
+    for name, words in (("wrn", ["not registered with timm", "mgtool export SRC -o"]),
+                        ("resnet18", ["stem", "fixed at 64 channels", "grow to width 1.0"])):
+        spec = tiny_spec(name)
+        tm = tmp_path / f"{name}.tm.safetensors"
+        _ok(["convert", plain_ckpts[name], "--arch", name, "--width", spec.width,
+             *sum((["--opt", f"{k}={v}"] for k, v in spec.options.items()), []), "-o", tm])
+        out = tmp_path / f"{name}.timm"
+        _refused(["export", tm, "--format", "timm-dir", "-o", out], 1, *words)
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    _refused(["export", tm, "--format", "onnx", "-o", out], 2, "--format")
+
+
+def test_control_characters_are_written_and_printed_literally(tmp_path):
+    evil = "tag\x1b[31mred\nnext|line\x07"
+    src = tmp_path / "r18"
+    model = _timm("resnet18", 4, **RESNET_KW)
+    save_for_hf(model, str(src), safe_serialization=True, model_config={"pretrained_cfg": {"tag": evil}})
+    tm, folder = tmp_path / "r.tm.safetensors", tmp_path / "r.timm"
+    _ok(["convert", f"local-dir:{src}", "-o", tm])
+    assert read_meta(tm).provenance.source["pretrained_tag"] == evil  # stored as given, in JSON
+    printed = _ok(["info", tm, "--card"])
+    assert literal(evil) in printed and "\x1b" not in printed and "\x07" not in printed
+    assert "tag\\x1b[31mred\\nnext\\|line\\x07" in printed
+    _ok(["export", tm, "--format", "timm-dir", "-o", folder])
+    card = (folder / "README.md").read_text()
+    assert "\x1b" not in card and literal(evil) in card
+    assert all(ord(c) >= 0x20 or c == "\n" for c in (folder / "config.json").read_text())
+
+
+def test_model_card_from_metadata_alone(tmp_path, monkeypatch):
+    """No parent file is needed: the lineage travels in the header."""
+    from mgtool.card import model_card
+
+    def mgtool_cli(args: list) -> None:
+        monkeypatch.setattr(sys, "argv", ["/venv/bin/mgtool", *map(str, args)])  # what the console script sees
+        _ok(args)
+
+    net, grown = tmp_path / "net.safetensors", tmp_path / "grown.safetensors"
+    torch.save(randomised_plain(ArchSpec("tiny-cnn", 1.0, 7)).state_dict(), tmp_path / "p.pt")
+    mgtool_cli(["convert", tmp_path / "p.pt", "--arch", "tiny-cnn", "--width", "1", "-o", net])
+    mgtool_cli(["fuse", net, "--factor", "2", "-o", grown])
+    digest = mgtool.provenance.sha256_file(net)
+    shutil.move(net, tmp_path / "moved.safetensors")
+    card = model_card(read_meta(grown), name="g", load_hint="")
+    assert card.count(digest) >= 2 and "| 1 | convert |" in card and "| 2 | fuse (this file) |" in card
