@@ -135,15 +135,17 @@ def _offline() -> bool:
 def _hub_snapshot(name: SourceName) -> tuple[Path, str]:
     """The cached snapshot folder holding config.json and the weights, and its commit hash."""
     config = _hub_file(name, "config.json")
-    for weights in WEIGHT_FILES:
+    missing: MgtoolError | None = None
+    for weights in WEIGHT_FILES:  # safetensors first; a cached pytorch_model.bin is read with weights_only
         try:
             path = _hub_file(name, weights, quiet=weights != WEIGHT_FILES[0])
-        except MgtoolError:
-            if weights == WEIGHT_FILES[-1]:
-                raise
+        except MgtoolError as e:
+            missing = missing or e
             continue
         if path.parent == config.parent:
             return config.parent, config.parent.name
+    if missing is not None:
+        raise missing
     raise MgtoolError(f"{name}: config.json and the weights are in different snapshots of {_hub_cache_dir()}")
 
 
