@@ -84,6 +84,13 @@ def parse_source(text: str, *, pretrained: bool = False) -> SourceName | None:
     return None
 
 
+def is_timm_name(text: str) -> bool:
+    """Whether ``text`` names a timm model (``resnet18``, ``resnet18.a1_in1k``)."""
+    import timm
+
+    return bool(text) and not any(c in text for c in "/\\:@") and timm.is_model(text)
+
+
 def _malformed(text: str, problem: str) -> SettingError:
     return SettingError("source", f"{text!r}: {problem}", label="SRC")
 

@@ -83,7 +83,7 @@ def export_timm_dir(src: Path | str, out: Path | str, *, force: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         save_for_hf(net.float(), str(tmp), safe_serialization=True, model_args=kwargs, data_config=_data_config(meta))
-        _own_config(tmp / "config.json")
+        _own_config(tmp / "config.json", _source_cfg(meta).get("license"))
         hint = ("```python\nimport timm\n"
                 f"model = timm.create_model(\"local-dir:{literal_path(out)}\", pretrained=True)  # no mgtool\n```")
         card = model_card(meta, name=f"{out.name} ({architecture})", load_hint=hint, eval_results=eval_results)
@@ -143,9 +143,7 @@ def _data_config(meta: CheckpointMeta) -> dict[str, Any]:
         out = {"mean": tuple(mean), "std": tuple(std), "interpolation": "bilinear",
                "crop_pct": 0.875 if folder else 1.0}
     else:
-        source = next((r["source"] for r in reversed(meta.provenance.lineage) if isinstance(r.get("source"), dict)),
-                      meta.provenance.source) or {}
-        cfg_in = source.get("pretrained_cfg") or {}
+        cfg_in = _source_cfg(meta)
         out = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg_in.items()
                if k in ("mean", "std", "interpolation", "crop_pct", "crop_mode")}
         if cfg_in.get("input_size"):
@@ -155,8 +153,16 @@ def _data_config(meta: CheckpointMeta) -> dict[str, Any]:
     return {**out, "input_size": (spec.in_chans, int(h), int(w))}
 
 
-def _own_config(path: Path) -> None:
-    """Drop the fields timm copied from its base model's published weights (tag, paper, licence)."""
+def _source_cfg(meta: CheckpointMeta) -> dict[str, Any]:
+    """The ``pretrained_cfg`` the lineage's pretrained source recorded, or {}."""
+    source = meta.provenance.source or next(
+        (r["source"] for r in reversed(meta.provenance.lineage) if isinstance(r.get("source"), dict)), None)
+    return dict((source or {}).get("pretrained_cfg") or {})
+
+
+def _own_config(path: Path, license_: str | None) -> None:
+    """Drop the fields timm copied from its base model's published weights (tag, paper, licence);
+    the licence of the pretrained weights this net started from, if any, is kept."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -164,4 +170,6 @@ def _own_config(path: Path) -> None:
     for key in FOREIGN_CFG_KEYS:
         config.get("pretrained_cfg", {}).pop(key, None)
     config["pretrained_cfg"]["tag"] = "mgtool"
+    if license_:
+        config["pretrained_cfg"]["license"] = license_
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")

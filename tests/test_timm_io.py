@@ -19,7 +19,7 @@ from timm.models import save_for_hf
 from typer.testing import CliRunner
 
 import mgtool
-from mgtool.archs import ArchSpec
+from mgtool.archs import ArchSpec, family_names, tiny_spec
 from mgtool.card import literal
 from mgtool.checkpoint import read_meta
 from mgtool.cli import app
@@ -93,8 +93,11 @@ def _refused(args: list[str], code: int, *words: str) -> str:
     return lines[0]
 
 
-def _timm_logits(folder: Path, x: torch.Tensor) -> torch.Tensor:
-    """timm alone loads the folder (strict, in a fresh interpreter without mgtool) and runs ``x``."""
+def _timm_logits(folder: Path, x: torch.Tensor, *, fresh: bool = True) -> torch.Tensor:
+    """timm alone loads the folder (strict) and runs ``x``; ``fresh``: in an interpreter without mgtool."""
+    if not fresh:
+        with torch.no_grad():
+            return timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(x)
     code = (
         "import sys, torch, timm\n"
         f"m = timm.create_model('local-dir:{folder}', pretrained=True).eval()\n"
@@ -108,11 +111,11 @@ def _timm_logits(folder: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.load(f"{folder}.y.pt")
 
 
-def _same_logits(folder: Path, ckpt: Path, spec: ArchSpec, size: int) -> None:
+def _same_logits(folder: Path, ckpt: Path, spec: ArchSpec, size: int, *, fresh: bool = True) -> None:
     x = torch.randn(3, spec.in_chans, size, size, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ours = mgtool.load(ckpt)(x)
-    theirs = _timm_logits(folder, x)
+    theirs = _timm_logits(folder, x, fresh=fresh)
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5 * float(ours.abs().max()))
 
 
@@ -178,6 +181,45 @@ def test_convert_local_dir_and_reexport_at_width_one(offline, tmp_path):
     _ok(["export", tm, "--format", "timm-dir", "-o", folder, "--force"])
     assert (folder / "model.safetensors").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+NOT_TIMM = {"wrn", "tiny-cnn", "tiny-mlp"}  # families timm has no model for
+
+
+def _convert_args(spec: ArchSpec) -> list:
+    opts = sum((["--opt", f"{k}={v}"] for k, v in spec.options.items()), [])
+    return ["--arch", spec.name, "--width", spec.width, "--num-classes", spec.num_classes, "--in-chans", spec.in_chans,
+            *opts]
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_every_family_exports_to_a_timm_folder_or_is_refused(family, tmp_path):
+    """Generated from the registry: a new family is either loadable by timm or refused in one line."""
+    spec = tiny_spec(family)
+    if family.startswith("resnet"):  # timm's 64-channel stem at the tiny width
+        spec = ArchSpec(spec.name, spec.width, spec.num_classes, spec.in_chans, {**spec.options, "stem": "timm"})
+    pt, tm, folder = tmp_path / "net.pt", tmp_path / "net.tm.safetensors", tmp_path / "net.timm"
+    torch.save(randomised_plain(spec).state_dict(), pt)
+    _ok(["convert", pt, *_convert_args(spec), "-o", tm])
+    if family in NOT_TIMM:
+        _refused(["export", tm, "--format", "timm-dir", "-o", folder], 1, "not registered with timm")
+        assert not folder.exists()
+        return
+    _ok(["export", tm, "--format", "timm-dir", "-o", folder])
+    _same_logits(folder, tm, spec, int(spec.options.get("img_size", 32)), fresh=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "vit_small_patch16_224"])
+def test_timm_models_at_width_one_round_trip(name, tmp_path):
+    """timm's own models, unchanged sizes: local-dir -> convert -> export timm-dir -> timm, same logits."""
+    src, tm, folder = tmp_path / "src", tmp_path / "net.tm.safetensors", tmp_path / "net.timm"
+    save_for_hf(_timm(name, 0, num_classes=10), str(src), safe_serialization=True)
+    _ok(["convert", f"local-dir:{src}", "-o", tm])
+    meta = read_meta(tm)
+    assert meta.arch.width == 1.0 and meta.arch.num_classes == 10
+    _ok(["export", tm, "--format", "timm-dir", "-o", folder])
+    _same_logits(folder, tm, meta.arch, 224 if meta.arch.name == "vit" else 64, fresh=False)
 
 
 # ---------------------------------------------------------------- the round trip
@@ -274,6 +316,11 @@ def test_local_dir_without_config_or_weights(tmp_path):
     assert not out.exists()
 
 
+def test_a_timm_name_without_pretrained_says_so(tmp_path):
+    _refused(["convert", "resnet18.a1_in1k", "-o", tmp_path / "x.safetensors"], 2, "add --pretrained")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_pretrained_source_takes_no_arch_options(offline, tmp_path):
     _refused(["convert", "hf-hub:timm/resnet18.tiny", "--arch", "resnet18", "--width", "1", "-o",
               tmp_path / "x.safetensors"], 2, "drop --arch")
@@ -327,3 +374,18 @@ def test_model_card_from_metadata_alone(tmp_path, monkeypatch):
     shutil.move(net, tmp_path / "moved.safetensors")
     card = model_card(read_meta(grown), name="g", load_hint="")
     assert card.count(digest) >= 2 and "| 1 | convert |" in card and "| 2 | fuse (this file) |" in card
+
+
+def test_a_failed_check_leaves_no_folder_and_keeps_the_old_one(offline, tmp_path, monkeypatch):
+    import mgtool.timm_dir as timm_dir
+    from mgtool.verify import LogitCheck
+
+    tm, folder = tmp_path / "net.tm.safetensors", tmp_path / "net.timm"
+    _ok(["convert", "hf-hub:timm/resnet18.tiny", "-o", tm])
+    _ok(["export", tm, "--format", "timm-dir", "-o", folder])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(timm_dir, "compare_logits", lambda *a, **k: LogitCheck(1.0, 1.0))
+    _refused(["export", tm, "--format", "timm-dir", "-o", folder, "--force"], 1, "differs", "nothing written")
+    _refused(["export", tm, "--format", "timm-dir", "-o", tmp_path / "new.timm"], 1, "differs")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and not (tmp_path / "new.timm").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -60,7 +60,7 @@ def convert_cmd(
     """
     from mgtool.checkpoint import check_output_path
     from mgtool.convert import convert
-    from mgtool.sources import parse_source, resolve_source
+    from mgtool.sources import is_timm_name, parse_source, resolve_source
 
     name = parse_source(src, pretrained=pretrained)
     if name is not None:
@@ -76,6 +76,8 @@ def convert_cmd(
         emit(result.path, {**result.to_dict(), "source": resolved.record}, json_)
         return
     src = Path(src)
+    if not src.exists() and is_timm_name(str(src)):
+        raise usage_error(f"{src}: no such file, but a timm model name: add --pretrained for its pretrained weights")
     if arch is None and not _has_mgtool_metadata(src):
         raise usage_error(f"{src}: no mgtool metadata names its architecture; pass --arch and --width "
                           "(families: `mgtool info --archs`)")
