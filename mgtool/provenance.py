@@ -133,8 +133,11 @@ def stage_record(parent: Parent, header: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_of(training: dict[str, Any] | None, command: list[str] | tuple[str, ...], kind: str) -> str:
-    """A file's stage: its training command, ``fuse`` for a fused file, else mgtool's subcommand, else its kind."""
+    """A file's stage: ``recalibrate-bn``, its training command, ``fuse`` for a fused file, else mgtool's
+    subcommand, else its kind."""
     training = training or {}
+    if "recalibrated_bn" in training:  # recalibrate-bn keeps its input's training summary
+        return "recalibrate-bn"
     if training.get("command"):
         return str(training["command"])
     if "growth" in training:

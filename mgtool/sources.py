@@ -136,7 +136,12 @@ def _hub_cache_dir() -> Path:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is None:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    return value.upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _hub_snapshot(name: SourceName) -> tuple[Path, str]:
@@ -163,18 +168,19 @@ def _hub_file(name: SourceName, filename: str, *, quiet: bool = False) -> Path:
     try:
         return Path(hf_hub_download(name.ident, filename, revision=name.revision, cache_dir=cache,
                                     local_files_only=True))
-    except Exception as cached_error:  # not in the cache (huggingface_hub has a dozen error types for it)
-        reason = first_line(cached_error)
+    except Exception:  # not in the cache (huggingface_hub has a dozen error types for it)
+        pass
+    reason = "HF_HUB_OFFLINE is set" if _offline() else "not looked up"
     if not _offline() and not quiet:
         try:
             return Path(hf_hub_download(name.ident, filename, revision=name.revision, cache_dir=cache))
         except Exception as e:
-            reason = first_line(e)
+            reason = first_line(e, 120)
     rev = f" --revision {name.revision}" if name.revision else ""
     raise MgtoolError(
-        f"{name}: {filename} is not in the Hugging Face cache {cache} and cannot be fetched "
-        f"({reason[:120]}); on a machine with network run `huggingface-cli download {name.ident}{rev}` "
-        "and copy its cache here, or point HF_HOME at a cache that holds it")
+        f"{name}: {filename} is not in the Hugging Face cache {cache} and cannot be fetched ({reason}); "
+        f"on a machine with network run `huggingface-cli download {name.ident}{rev}` and copy its cache "
+        "here, or point HF_HOME at a cache that holds it")
 
 
 def _resolve_folder(folder: Path, name: SourceName, revision: str | None) -> PretrainedSource:
@@ -260,15 +266,23 @@ def _check_args(family: str, model_args: dict[str, Any], allowed: dict[str, Any]
 
 
 def _resnet_spec(model: nn.Module, architecture: str) -> ArchSpec:
-    from mgtool.archs.timm_resnet import _BASE_CHANNELS
+    from mgtool.archs.timm_resnet import timm_kwargs
 
-    planes = [getattr(model, f"layer{i + 1}")[0].conv1.out_channels for i in range(4)]
-    width = planes[0] / _BASE_CHANNELS[0]
-    if [round(b * width) for b in _BASE_CHANNELS] != planes or not isinstance(model.conv1, nn.Conv2d):
-        raise MgtoolError(f"{architecture}: stage widths {planes} (or its stem) are not timm's "
-                          f"{list(_BASE_CHANNELS)} times one width; mgtool's resnet families cannot express it")
-    stem = "timm" if model.conv1.out_channels == 64 and width != 1.0 else "scaled"
-    return resolve_spec(ArchSpec(architecture, width, model.num_classes, model.conv1.in_channels, {"stem": stem}))
+    planes = tuple(getattr(model, f"layer{i + 1}")[0].conv1.out_channels for i in range(4))
+    width = planes[0] / 64  # timm's first stage: 64 channels at width 1
+    same = isinstance(model.conv1, nn.Conv2d)  # timm's plain 7x7 stem, not a deep one
+    if same:
+        stem = "timm" if model.conv1.out_channels == 64 and width != 1.0 else "scaled"
+        spec = resolve_spec(ArchSpec(architecture, width, model.num_classes, model.conv1.in_channels,
+                                     {"stem": stem}))
+        try:
+            same = timm_kwargs(spec)["channels"] == planes
+        except MgtoolError:  # a width that gives fractional channels
+            same = False
+    if not same:
+        raise MgtoolError(f"{architecture}: stage widths {list(planes)} (or its stem) are not timm's (64, 128, 256, "
+                          "512) times one width; mgtool's resnet families cannot express it")
+    return spec
 
 
 def _vit_spec(model: nn.Module, architecture: str) -> ArchSpec:

@@ -26,6 +26,7 @@ from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
 from mgtool.verify import LogitCheck, compare_logits, require_preserved
 
+TIMM_DIR_FILES = ("model.safetensors", "config.json", "README.md", "pytorch_model.bin")
 # pretrained_cfg fields of timm's base model that describe its own published weights, not ours
 FOREIGN_CFG_KEYS = ("tag", "hf_hub_id", "paper_ids", "paper_name", "origin_url", "license", "notes",
                     "test_input_size", "test_crop_pct", "test_pool_size", "label_names", "label_descriptions")
@@ -82,6 +83,7 @@ def export_timm_dir(src: Path | str, out: Path | str, *, force: bool = False,
     make_parent(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a folder to share gets the usual mode
         save_for_hf(net.float(), str(tmp), safe_serialization=True, model_args=kwargs, data_config=_data_config(meta))
         _own_config(tmp / "config.json", _source_cfg(meta).get("license"))
         hint = ("```python\nimport timm\n"
@@ -107,6 +109,11 @@ def _check_output_dir(out: Path, force: bool) -> None:
         raise MgtoolError(f"{out}: is a file; a timm folder needs a folder name")
     if out.exists() and not force:
         raise MgtoolError(f"{out}: already exists; pass --force to replace the folder")
+    if out.exists():  # --force replaces a timm folder, never a folder of other files
+        others = sorted(p.name for p in out.iterdir() if p.name not in TIMM_DIR_FILES)
+        if others:
+            raise MgtoolError(f"{out}: holds files a timm folder does not ({', '.join(others[:3])}); --force "
+                              "replaces only a timm folder: choose another name, or remove the folder yourself")
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -173,3 +180,9 @@ def _own_config(path: Path, license_: str | None) -> None:
     if license_:
         config["pretrained_cfg"]["license"] = license_
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -37,6 +37,14 @@ SYNTHETIC = ["--data", "synthetic", "--data-opt", "shape=3x16x16", "--data-opt",
 QUICK = ["--epochs", "1", "--batch-size", "16", "--device", "cpu", "-q"]
 
 
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _timm(name: str, seed: int, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = timm.create_model(name, **kw)
@@ -182,6 +190,12 @@ def test_convert_local_dir_and_reexport(tmp_path):
     _ok(["export", tm, "--format", "timm-dir", "-o", folder, "--force"])
     assert (folder / "model.safetensors").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's 0700
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    _refused(["export", tm, "--format", "timm-dir", "-o", other, "--force"], 1, "mine.txt", "only a timm folder")
+    assert (other / "mine.txt").read_text() == "keep"
 
 
 NOT_TIMM = {"wrn", "tiny-cnn", "tiny-mlp"}  # families timm has no model for
@@ -346,7 +360,8 @@ def test_control_characters_are_written_and_printed_literally(tmp_path):
     evil = "tag\x1b[31mred\nnext|line\x07"
     src = tmp_path / "r18"
     model = _timm("resnet18", 4, **RESNET_KW)
-    save_for_hf(model, str(src), safe_serialization=True, model_config={"pretrained_cfg": {"tag": evil}})
+    save_for_hf(model, str(src), safe_serialization=True,
+                model_config={"pretrained_cfg": {"tag": evil, "license": evil}})
     tm, folder = tmp_path / "r.tm.safetensors", tmp_path / "r.timm"
     _ok(["convert", f"local-dir:{src}", "-o", tm])
     assert read_meta(tm).provenance.source["pretrained_tag"] == evil  # stored as given, in JSON
@@ -356,7 +371,9 @@ def test_control_characters_are_written_and_printed_literally(tmp_path):
     _ok(["export", tm, "--format", "timm-dir", "-o", folder])
     card = (folder / "README.md").read_text()
     assert "\x1b" not in card and literal(evil) in card
-    assert all(ord(c) >= 0x20 or c == "\n" for c in (folder / "config.json").read_text())
+    text = (folder / "config.json").read_text()
+    assert json.loads(text)["pretrained_cfg"]["license"] == evil  # the source's licence, kept verbatim
+    assert all(ord(c) >= 0x20 or c == "\n" for c in text) and "\\u001b" in text  # as JSON escapes
 
 
 def test_model_card_from_metadata_alone(tmp_path, monkeypatch):

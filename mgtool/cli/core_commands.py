@@ -111,7 +111,7 @@ def export_cmd(
 
     Example: mgtool export grown.safetensors -o grown.plain.safetensors
     """
-    check_choice_opt("--format", format_, ("mgtool", "timm-dir"))
+    _check_choice("--format", format_, ("mgtool", "timm-dir"))
     if format_ == "timm-dir":
         from mgtool.timm_dir import export_timm_dir
 
@@ -150,7 +150,7 @@ def info_cmd(
     if src is None:
         raise typer.BadParameter("give a checkpoint, or --archs", param_hint="SRC")
     if card or check_parents:
-        _card(src, card, check_parents, json_)
+        _card_and_parents(src, card, check_parents, json_)
         return
     from mgtool.info import checkpoint_info
 
@@ -162,7 +162,7 @@ def info_cmd(
     emit(src, info, False)
 
 
-def _card(src: Path, card: bool, check: bool, as_json: bool) -> None:
+def _card_and_parents(src: Path, card: bool, check: bool, as_json: bool) -> None:
     import sys
 
     from mgtool.card import check_parents, model_card
@@ -200,7 +200,7 @@ def _read_json(path: Path | None) -> dict | None:
     return data
 
 
-def check_choice_opt(label: str, value: str, choices: tuple[str, ...]) -> None:
+def _check_choice(label: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise usage_error(f"{label} must be one of {', '.join(choices)}, got {value!r}")
 
