@@ -41,15 +41,26 @@ def _command(argv: Any) -> str:
     return literal(" ".join(str(a) for a in argv or []))
 
 
-def _flops(value: float) -> str:
-    return f"{value:.4g}"
+def _num(value: Any, spec: str = ".4g") -> str:
+    """A recorded number formatted; anything else a header may hold (a string, null) shown literally."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return "" if value is None else literal(value)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _flops(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def model_card(meta: CheckpointMeta, *, name: str, load_hint: str, eval_results: dict[str, Any] | None = None) -> str:
     """The card of a checkpoint: lineage, growth, FLOPs per stage, data and accuracy, version, loading."""
     prov = meta.provenance
-    records = list(prov.lineage)
-    cumulative = {str(r.get("sha256")): float(r.get("training_flops") or 0.0) for r in records}
+    records = [r for r in prov.lineage if isinstance(r, dict)]
+    cumulative = {str(r.get("sha256")): _flops(r.get("training_flops")) for r in records}
     lines = [
         "---", "library_name: timm", "tags:", "- image-classification", "- timm", "- mgtool", "- mixturegrowth",
         "---", f"# {literal(name)}", "",
@@ -60,23 +71,23 @@ def model_card(meta: CheckpointMeta, *, name: str, load_hint: str, eval_results:
         "|---|---|---|---|---|---|---|---|",
     ]
     for n, r in enumerate(records, start=1):
-        total = float(r.get("training_flops") or 0.0)
-        spent = total - sum(cumulative.get(str(p), 0.0) for p in r.get("parents", []))
-        top1 = r.get("test_top1")
+        total = _flops(r.get("training_flops"))
+        parents = r.get("parents") if isinstance(r.get("parents"), list) else []
+        spent = total - sum(cumulative.get(str(p), 0.0) for p in parents)
         lines.append(f"| {n} | {literal(r.get('stage'))} | `{literal(r.get('sha256'))}` | {literal(r.get('path'))} | "
-                     f"`{_command(r.get('command'))}` | {_flops(spent)} | {_flops(total)} | "
-                     f"{'' if top1 is None else f'{top1:.4f}'} |")
+                     f"`{_command(r.get('command'))}` | {_num(spent)} | {_num(total)} | "
+                     f"{_num(r.get('test_top1'), '.4f')} |")
     own_spent = meta.flops.training - sum(cumulative.get(p.sha256, p.training_flops) for p in prov.parents)
-    top1 = (meta.training or {}).get("test_top1")
+    top1 = _dict(meta.training).get("test_top1")
     lines.append(f"| {len(records) + 1} | {literal(_stage(meta))} (this file) | - | - | `{_command(prov.command)}` | "
-                 f"{_flops(own_spent)} | {_flops(meta.flops.training)} | {'' if top1 is None else f'{top1:.4f}'} |")
+                 f"{_num(own_spent)} | {_num(meta.flops.training)} | {_num(top1, '.4f')} |")
     lines += ["", "Parents of this file: " + ("; ".join(
         f"{literal(p.path)} ({literal(p.role)}) sha256 `{literal(p.sha256)}`" for p in prov.parents) or "none") + "."]
     lines += ["", "## Growth", ""] + _growth_lines(records, meta)
     lines += ["", "## Data and accuracy", ""] + _data_lines(meta, records, eval_results)
     lines += ["", "## Training FLOPs", "",
-              f"{_flops(meta.flops.training)} in the whole lineage (fvcore multiply-adds, training = 3 x forward "
-              f"per sample), of which {_flops(meta.flops.given)} on given inputs (net 1, not charged)."]
+              f"{_num(meta.flops.training)} in the whole lineage (fvcore multiply-adds, training = 3 x forward "
+              f"per sample), of which {_num(meta.flops.given)} on given inputs (net 1, not charged)."]
     lines += ["", "## How to load", "", load_hint, "",
               "Check each parent's hash against your files: `mgtool info CHECKPOINT --card --check-parents`.", ""]
     return "\n".join(lines)
@@ -88,16 +99,16 @@ def _stage(meta: CheckpointMeta) -> str:
 
 def _growth_lines(records: list[dict[str, Any]], meta: CheckpointMeta) -> list[str]:
     grown = [r for r in records if isinstance(r.get("growth"), dict)]
-    if isinstance((meta.training or {}).get("growth"), dict):
+    if isinstance(_dict(meta.training).get("growth"), dict):
         grown.append({"stage": f"{_stage(meta)} (this file)", "growth": meta.training["growth"]})
     if not grown:
         return ["No growth step in this lineage."]
     out = []
     for r in grown:
         g = r["growth"]
-        s = g.get("tile_ratio") or {}
-        ratio = (f"tile ratio s median {s['median']:.3g} (min {s['min']:.3g}, max {s['max']:.3g})"
-                 if {"median", "min", "max"} <= set(s) else "tile ratio s not recorded")
+        s = g.get("tile_ratio") if isinstance(g.get("tile_ratio"), dict) else {}
+        ratio = (f"tile ratio s median {_num(s['median'], '.3g')} (min {_num(s['min'], '.3g')}, "
+                 f"max {_num(s['max'], '.3g')})" if {"median", "min", "max"} <= set(s) else "tile ratio s not recorded")
         out.append(f"- {literal(r.get('stage'))}: {literal(g.get('method'))}, x{literal(g.get('factor'))} from "
                    f"{literal(g.get('fused_inputs'))} net(s); init {literal(g.get('init'))} "
                    f"{literal(g.get('init_options') or {})}, init scale {literal(g.get('init_scale'))}; {ratio}")
@@ -105,7 +116,7 @@ def _growth_lines(records: list[dict[str, Any]], meta: CheckpointMeta) -> list[s
 
 
 def _data_lines(meta: CheckpointMeta, records: list[dict[str, Any]], eval_results: dict[str, Any] | None) -> list[str]:
-    data = meta.data or {}
+    data = _dict(meta.data)
     out = [f"- data set: {literal(data.get('name', 'none recorded'))} "
            f"(options {literal(data.get('options', {}))})"]
     sources = [r["source"] for r in records if isinstance(r.get("source"), dict)]
@@ -114,10 +125,10 @@ def _data_lines(meta: CheckpointMeta, records: list[dict[str, Any]], eval_result
     for src in sources:
         out.append(f"- pretrained start: {literal(src.get('name'))}, revision {literal(src.get('revision'))}, "
                    f"tag {literal(src.get('pretrained_tag'))}, weights sha256 `{literal(src.get('weights_sha256'))}`")
-    training = meta.training or {}
+    training = _dict(meta.training)
     if "test_top1" in training:
-        out.append(f"- recorded at the end of {literal(_stage(meta))}: top-1 {training['test_top1']:.4f}, "
-                   f"top-5 {training.get('test_top5', float('nan')):.4f} on the test split")
+        out.append(f"- recorded at the end of {literal(_stage(meta))}: top-1 {_num(training['test_top1'], '.4f')}, "
+                   f"top-5 {_num(training.get('test_top5'), '.4f')} on the test split")
     if eval_results:
         out.append(f"- `mgtool eval`: top-1 {literal(eval_results.get('top1'))}, top-5 "
                    f"{literal(eval_results.get('top5'))} on {literal(eval_results.get('samples'))} images")

@@ -104,25 +104,25 @@ def inherited_lineage(parents: tuple[Parent, ...]) -> tuple[dict[str, Any], ...]
         header = _mgtool_header(parent.path)
         if header is None:
             continue  # not an mgtool file (a foreign checkpoint): its hash is in ``parents``
-        prov = header.get("provenance") or {}
-        for record in prov.get("lineage", []):
-            records.setdefault(str(record.get("sha256")), record)
+        prov = _obj(header.get("provenance"))
+        for record in prov.get("lineage") or []:
+            if isinstance(record, dict):
+                records.setdefault(str(record.get("sha256")), record)
         records.setdefault(parent.sha256, stage_record(parent, header))
     return tuple(records.values())
 
 
 def stage_record(parent: Parent, header: dict[str, Any]) -> dict[str, Any]:
     """What a model card needs to know about one ancestor, from its header."""
-    prov = header.get("provenance") or {}
-    training = header.get("training") or {}
-    command = [str(a) for a in prov.get("command", [])]
+    prov, training = _obj(header.get("provenance")), _obj(header.get("training"))
+    command = [str(a) for a in prov.get("command") or []]
     stage = stage_of(training, command, str(header.get("kind")))
     record = {
         "sha256": parent.sha256, "path": parent.path, "role": parent.role, "stage": stage, "command": command,
-        "parents": [str(p.get("sha256")) for p in prov.get("parents", [])],
+        "parents": [str(_obj(p).get("sha256")) for p in prov.get("parents") or []],
         "created_utc": prov.get("created_utc"), "mgtool_version": prov.get("mgtool_version"),
-        "kind": header.get("kind"), "arch": header.get("arch"), "training_flops": (header.get("flops") or {}).get(
-            "training", 0.0), "data": (header.get("data") or {}).get("name"),
+        "kind": header.get("kind"), "arch": header.get("arch"), "training_flops": _obj(header.get("flops")).get(
+            "training", 0.0), "data": _obj(header.get("data")).get("name"),
     }
     for key in ("epochs_done", "test_top1", "test_top5", "growth"):
         if key in training:
@@ -135,7 +135,7 @@ def stage_record(parent: Parent, header: dict[str, Any]) -> dict[str, Any]:
 def stage_of(training: dict[str, Any] | None, command: list[str] | tuple[str, ...], kind: str) -> str:
     """A file's stage: ``recalibrate-bn``, its training command, ``fuse`` for a fused file, else mgtool's
     subcommand, else its kind."""
-    training = training or {}
+    training = _obj(training)
     if "recalibrated_bn" in training:  # recalibrate-bn keeps its input's training summary
         return "recalibrate-bn"
     if training.get("command"):
@@ -147,6 +147,11 @@ def stage_of(training: dict[str, Any] | None, command: list[str] | tuple[str, ..
     return kind
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """A header section as a dict ({} for anything else): free-form sections are not type-checked on read."""
+    return value if isinstance(value, dict) else {}
+
+
 def _mgtool_header(path: str) -> dict[str, Any] | None:
     """The parent's ``mgtool`` JSON document, or None for a file without one."""
     from safetensors import safe_open
@@ -156,6 +161,7 @@ def _mgtool_header(path: str) -> dict[str, Any] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("mgtool")
-        return json.loads(raw) if raw else None
+        header = json.loads(raw) if raw else None
+        return header if isinstance(header, dict) else None
     except Exception:  # a parent was read and validated by its stage already; the card makes do without it
         return None

@@ -407,3 +407,24 @@ def test_a_failed_check_leaves_no_folder_and_keeps_the_old_one(offline, tmp_path
     _refused(["export", tm, "--format", "timm-dir", "-o", tmp_path / "new.timm"], 1, "differs")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and not (tmp_path / "new.timm").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_card_of_a_crafted_header_is_literal_and_does_not_crash(plain_ckpts, tmp_path):
+    """Free-form header sections hold whatever a writer put there: the card shows them, escaped."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from mgtool.archs import tiny_spec
+
+    spec, tm, crafted = tiny_spec("tiny-cnn"), tmp_path / "net.safetensors", tmp_path / "crafted.safetensors"
+    _ok(["convert", plain_ckpts["tiny-cnn"], *_convert_args(spec), "-o", tm])
+    with safe_open(str(tm), "pt") as f:
+        doc = json.loads(f.metadata()["mgtool"])
+    doc["training"], doc["data"] = ["not", "a", "dict"], "nor\x1b[2Jthis"
+    doc["provenance"]["lineage"] = [{"sha256": "\x1b]0;title\x07", "test_top1": "x\x1b[2J", "training_flops": "lots",
+                                     "parents": "abc", "stage": "fuse\r\n",
+                                     "growth": {"tile_ratio": {"median": "m", "min": 1, "max": None}}}]
+    save_file(load_file(str(tm)), str(crafted), metadata={"mgtool": json.dumps(doc)})
+    printed = _ok(["info", crafted, "--card"])
+    assert "\x1b" not in printed and "\x07" not in printed and "\r" not in printed
+    assert "x\\x1b[2J" in printed and "\\x1b]0;title\\x07" in printed and "fuse\\r\\n" in printed
