@@ -70,6 +70,9 @@ def hub(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("hf")
     save_hub(root, "timm/resnet18.tiny", _timm("resnet18", 0, **RESNET_KW))
     save_hub(root, "timm/vit_tiny_patch16_224.tiny", _timm("vit_tiny_patch16_224", 1, **VIT_KW))
+    # tiny stand-ins under the names docs/guide-timm.md uses, so that its commands run as written
+    save_hub(root, "timm/resnet18.a1_in1k", _timm("resnet18", 2, **RESNET_KW))
+    save_hub(root, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", _timm("vit_tiny_patch16_224", 3, **VIT_KW))
     return root
 
 
@@ -285,8 +288,8 @@ def test_unknown_hub_name_or_tag_says_what_to_fetch(offline, tmp_path):
     _refused(["convert", "hf-hub:timm/nosuch.model", "-o", out], 1, "huggingface-cli download timm/nosuch.model",
              "HF_HOME")
     _refused(["convert", "hf-hub:timm/resnet18.tiny@feedbeef", "-o", out], 1, "--revision feedbeef")
-    _refused(["convert", "resnet18.a1_in1k", "--pretrained", "-o", out], 1,
-             "huggingface-cli download timm/resnet18.a1_in1k")
+    _refused(["convert", "resnet34.a1_in1k", "--pretrained", "-o", out], 1,
+             "huggingface-cli download timm/resnet34.a1_in1k")
     _refused(["convert", "resnet18.nosuchtag", "--pretrained", "-o", out], 1, "nosuchtag")
     _refused(["convert", "nosuchnet", "--pretrained", "-o", out], 1, "knows no model 'nosuchnet'")
     assert not out.exists()
@@ -428,3 +431,47 @@ def test_card_of_a_crafted_header_is_literal_and_does_not_crash(plain_ckpts, tmp
     printed = _ok(["info", crafted, "--card"])
     assert "\x1b" not in printed and "\x07" not in printed and "\r" not in printed
     assert "x\\x1b[2J" in printed and "\\x1b]0;title\\x07" in printed and "fuse\\r\\n" in printed
+
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide-timm.md"
+# The guide's commands at tiny settings: the explicit substitutions that make them run here.
+GUIDE_TINY = [
+    ("--data imagenet --data-dir /data/imagenet", " ".join(SYNTHETIC)),  # the tiny ViT: 16x16, 5 classes
+    ("local-dir:path/to/folder", "local-dir:{folder}"),
+]
+
+
+def test_guide_commands_run(offline, tmp_path, monkeypatch):
+    """Every command of docs/guide-timm.md's bash blocks, in order, in one folder (python lines too)."""
+    import re
+    import shlex
+
+    folder = tmp_path / "folder"
+    save_for_hf(_timm("resnet18", 6, **RESNET_KW), str(folder), safe_serialization=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    blocks = re.findall(r"```bash\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    ran = 0
+    for line in filter(None, lines):
+        for old, new in GUIDE_TINY:
+            line = line.replace(old, new.format(folder=folder))
+        if line.startswith("python -c"):
+            env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+            done = subprocess.run([sys.executable, *shlex.split(line)[1:]], cwd=work, env=env,
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, (line, done.stderr)
+            ran += 1
+            continue
+        args, _, redirect = line.partition(" > ")
+        argv = shlex.split(args)
+        assert argv[0] == "mgtool", line
+        if argv[1] in ("train-small", "finetune"):
+            argv += ["--batch-size", "16", "--device", "cpu", "-q"]
+        out = _ok(argv[1:])
+        if redirect:
+            (work / redirect.strip()).write_text(out)
+        ran += 1
+    assert ran == 14  # every line of the guide's bash blocks
+    assert (work / "grown-vit" / "README.md").is_file()
