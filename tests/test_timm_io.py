@@ -7,6 +7,7 @@ tiny timm models in the hub layout (models--OWNER--NAME/snapshots/REV, refs/main
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,8 +39,6 @@ QUICK = ["--epochs", "1", "--batch-size", "16", "--device", "cpu", "-q"]
 
 
 def _umask() -> int:
-    import os
-
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -116,8 +115,9 @@ def _timm_logits(folder: Path, x: torch.Tensor, *, fresh: bool = True) -> torch.
         f"torch.save(m(torch.load('{folder}.x.pt')).detach(), '{folder}.y.pt')\n"
     )
     torch.save(x, f"{folder}.x.pt")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=folder.parent)
     assert done.returncode == 0, done.stderr
     return torch.load(f"{folder}.y.pt")
 
@@ -458,7 +458,7 @@ def test_guide_commands_run(offline, tmp_path, monkeypatch):
         for old, new in GUIDE_TINY:
             line = line.replace(old, new.format(folder=folder))
         if line.startswith("python -c"):
-            env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             done = subprocess.run([sys.executable, *shlex.split(line)[1:]], cwd=work, env=env,
                                   capture_output=True, text=True)
             assert done.returncode == 0, (line, done.stderr)
