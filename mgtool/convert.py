@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -114,6 +115,7 @@ def convert(
     seed: int = 0,
     out: Path | str | None = None,
     force: bool = False,
+    source: dict[str, Any] | None = None,
 ) -> ConvertResult:
     """Convert a plain checkpoint to template-mixing form and verify it exactly.
 
@@ -121,7 +123,8 @@ def convert(
     metadata names its architecture. Writes ``out`` (atomically) only if the
     converted model's logits match the original's within 1e-5 of the logit scale and
     every generated weight matches its original within 1e-5 of that weight's own scale
-    (max |original|). float64 weights stay float64.
+    (max |original|). float64 weights stay float64. ``source`` (from ``mgtool.sources``)
+    names the pretrained model ``src`` holds the weights of: the parent is recorded by that name.
     """
     src = Path(src)
     if out is not None:
@@ -155,12 +158,12 @@ def convert(
     weights = compare_weights(reference, tm.materialised_state_dict())
     require_exact_weights(weights, f"{src}: converted model is not exact",
                           " (a layer far smaller than its bank-mate converts exactly with --share none)")
-    parent = Parent(str(src), sha256_file(src), "input", parent_flops)
+    parent = Parent(source["name"] if source else str(src), sha256_file(src), "input", parent_flops)
     meta = CheckpointMeta(
         kind="template-mixing",
         arch=spec,
         plan=tm.plan,
-        provenance=new_provenance((parent,)),
+        provenance=new_provenance((parent,), source=source),
         flops=Flops(training=parent_flops),
     )
     path = save_checkpoint(out, tm.state_dict(), meta, force=force) if out is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,9 @@ from mgtool.cli.common import (
 
 @handle_errors
 def convert_cmd(
-    src: SrcArg,
+    src: Annotated[str, typer.Argument(
+        help="Input checkpoint file, hf-hub:OWNER/NAME[@REV], local-dir:PATH (a timm folder), "
+        "or a timm model name with --pretrained.", show_default=False)],
     output: OutOpt,
     arch: Annotated[str | None, typer.Option(help="Architecture family (see `mgtool info --archs`).")] = None,
     width: Annotated[float | None, typer.Option(help="Width multiplier (wrn: widen factor k).")] = None,
@@ -36,10 +39,15 @@ def convert_cmd(
     templates: Annotated[int, typer.Option(help="Templates per layer (t).")] = 2,
     share: Annotated[str, typer.Option(help="Bank sharing: 'pairs' (next layer of one shape) or 'none'.")] = "pairs",
     seed: Annotated[int, typer.Option(help="Seed of the decomposition's random parts.")] = 0,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="SRC is a timm model name (e.g. resnet18.a1_in1k): its Hub weights, cached.")] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Convert a plain checkpoint into template-mixing form, exactly.
+    """Convert a plain checkpoint or a pretrained timm model into template-mixing form, exactly.
+
+    A pretrained source (hf-hub:, local-dir:, --pretrained NAME) names its own architecture,
+    width and classes; mgtool infers them (docs/guide-timm.md).
 
     Reads .safetensors or .pt/.pth (weights_only), verifies that the converted model's
     logits match the original's and that every generated weight matches its original
@@ -47,9 +55,29 @@ def convert_cmd(
     weights stay float64.
 
     Example: mgtool convert wrn16_4.pt --arch wrn --width 4 --opt depth=16 -o wrn16_4.tm.safetensors
-    """
-    from mgtool.convert import convert
 
+    Example: mgtool convert hf-hub:timm/resnet18.a1_in1k -o r18.tm.safetensors
+    """
+    from mgtool.checkpoint import check_output_path
+    from mgtool.convert import convert
+    from mgtool.sources import is_timm_name, parse_source, resolve_source
+
+    name = parse_source(src, pretrained=pretrained)
+    if name is not None:
+        if arch is not None or width is not None or opt or num_classes is not None:
+            raise usage_error(f"{src} names its own architecture, width and classes; drop --arch, --width, "
+                              "--opt and --num-classes")
+        check_output_path(output, force)
+        resolved = resolve_source(name)
+        result = convert(resolved.weights, resolved.spec, templates=templates, share=share, seed=seed,
+                         out=output, force=force, source=resolved.record)
+        done("converted", f"{name} ({resolved.spec.describe()}) -> {result.path}  "
+             f"max |logit diff| {result.max_abs_logit_diff:.3g} (scale {result.logit_scale:.3g})")
+        emit(result.path, {**result.to_dict(), "source": resolved.record}, json_)
+        return
+    src = Path(src)
+    if not src.exists() and is_timm_name(str(src)):
+        raise usage_error(f"{src}: no such file, but a timm model name: add --pretrained for its pretrained weights")
     if arch is None and not _has_mgtool_metadata(src):
         raise usage_error(f"{src}: no mgtool metadata names its architecture; pass --arch and --width "
                           "(families: `mgtool info --archs`)")
@@ -65,14 +93,35 @@ def convert_cmd(
 
 
 @handle_errors
-def export_cmd(src: SrcArg, output: OutOpt, force: ForceOpt = False, json_: JsonOpt = False) -> None:
+def export_cmd(
+    src: SrcArg,
+    output: OutOpt,
+    format_: Annotated[str, typer.Option(
+        "--format", help="mgtool (a plain .safetensors file) or timm-dir (a folder timm loads).")] = "mgtool",
+    eval_json: Annotated[Path | None, typer.Option(
+        help="timm-dir: an `mgtool eval --json` output whose accuracy the model card reports.")] = None,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+) -> None:
     """Export a template-mixing checkpoint to a plain one with the family's own key names.
 
     The result loads with strict=True into the family's model (timm.create_model for
-    the resnet families).
+    the resnet families). --format timm-dir writes a folder (model.safetensors, config.json,
+    README.md model card) that timm.create_model('local-dir:DIR', pretrained=True) loads.
 
     Example: mgtool export grown.safetensors -o grown.plain.safetensors
     """
+    _check_choice("--format", format_, ("mgtool", "timm-dir"))
+    if format_ == "timm-dir":
+        from mgtool.timm_dir import export_timm_dir
+
+        result_dir = export_timm_dir(src, output, force=force, eval_results=_read_json(eval_json))
+        done("exported", f"{src} -> {result_dir.path}/ (timm {result_dir.architecture}, logits checked through timm: "
+             f"max |diff| {result_dir.logits.max_abs_diff:.3g}, scale {result_dir.logits.scale:.3g})")
+        emit(result_dir.path, result_dir.to_dict(), json_)
+        return
+    if eval_json is not None:
+        raise usage_error("--eval-json goes with --format timm-dir (it feeds the model card)")
     from mgtool.export import export
 
     result = export(src, output, force=force)
@@ -86,6 +135,10 @@ def info_cmd(
     json_: JsonOpt = False,
     flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count forward FLOPs with fvcore.")] = True,
     archs: Annotated[bool, typer.Option("--archs", help="List the architecture families instead.")] = False,
+    card: Annotated[bool, typer.Option("--card", help="Print the model card (markdown) on stdout instead.")] = False,
+    check_parents: Annotated[bool, typer.Option(
+        "--check-parents", help="Recompute each recorded ancestor's sha256 from its file; exit 1 on a mismatch.",
+    )] = False,
 ) -> None:
     """Describe a checkpoint: architecture, kind, parameters, banks, FLOPs, provenance.
 
@@ -96,6 +149,9 @@ def info_cmd(
         return
     if src is None:
         raise typer.BadParameter("give a checkpoint, or --archs", param_hint="SRC")
+    if card or check_parents:
+        _card_and_parents(src, card, check_parents, json_)
+        return
     from mgtool.info import checkpoint_info
 
     info = checkpoint_info(src, count_flops=flops)
@@ -104,6 +160,49 @@ def info_cmd(
         return
     _print_info(info)
     emit(src, info, False)
+
+
+def _card_and_parents(src: Path, card: bool, check: bool, as_json: bool) -> None:
+    import sys
+
+    from mgtool.card import check_parents, model_card
+    from mgtool.checkpoint import read_meta
+    from mgtool.errors import MgtoolError
+
+    meta = read_meta(src)
+    if card:
+        hint = f"```python\nimport mgtool\nmodel = mgtool.load({str(src)!r})\n```"
+        sys.stdout.write(model_card(meta, name=src.name, load_hint=hint) + "\n")
+    if check:
+        results = check_parents(meta, src.parent)
+        for r in results:
+            console.print(f"{r.status:8} {r.path} recorded {r.recorded[:16]} found {(r.found or '-')[:16]}",
+                          soft_wrap=True)
+        if as_json and not card:
+            emit(src, {"parents": [r.to_dict() for r in results]}, True)
+        bad = [r.path for r in results if r.status == "MISMATCH"]
+        if bad:
+            raise MgtoolError(f"{src}: {len(bad)} parent file(s) differ from their recorded sha256: {bad[0]}"
+                              + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+
+
+def _read_json(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    from mgtool.errors import MgtoolError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MgtoolError(f"{path}: cannot read JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise MgtoolError(f"{path}: expected the JSON object `mgtool eval --json` prints")
+    return data
+
+
+def _check_choice(label: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise usage_error(f"{label} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _has_mgtool_metadata(src: Path) -> bool:

@@ -103,10 +103,13 @@ def fuse(
     grown = fuse_tensors(layout, stream_tensors(inputs.paths), settings, seed=seed)  # stream
     tensors = grown.tensors
     check = _verify(layout, tensors, inputs) if verify else None
-    meta = _grown_meta(layout, inputs)
-    path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None  # write
     ratios, coefs = tile_ratios(layout.plan, tensors), coefficient_ratios(layout.plan, tensors)
     caps = grown.caps if settings.cap is not None else None
+    growth = {"method": "mixturegrowth", "factor": layout.factor,
+              "fused_inputs": layout.factor if layout.fused else 1, **settings.to_dict(),
+              "tile_ratio": ratios.to_dict() if ratios is not None else None}
+    meta = _grown_meta(layout, inputs, growth)
+    path = save_checkpoint(out, tensors, meta, force=force) if out is not None else None  # write
     return FuseResult(path, meta, layout, settings, grown.new_tiles, layout.parameters, ratios, check, coefs, caps)
 
 
@@ -141,7 +144,7 @@ def _build(layout: FusionLayout, tensors: dict[str, Tensor]) -> TemplateMixingNe
     return model
 
 
-def _grown_meta(layout: FusionLayout, inputs: FuseInputs) -> CheckpointMeta:
+def _grown_meta(layout: FusionLayout, inputs: FuseInputs, growth: dict[str, Any]) -> CheckpointMeta:
     metas = [i.meta for i in inputs.inputs]
     parents = tuple(
         Parent(str(i.path), sha256_file(i.path), "given" if n == 0 else "input", i.meta.flops.training)
@@ -160,6 +163,7 @@ def _grown_meta(layout: FusionLayout, inputs: FuseInputs) -> CheckpointMeta:
         provenance=new_provenance(parents),
         flops=flops,
         data=datas[0] if datas and all(d == datas[0] for d in datas) else None,
+        training={"growth": growth},  # how it grew, for the lineage and the model card
     )
 
 
