@@ -151,15 +151,17 @@ def _generate(model) -> list[torch.Tensor]:
     return [m.weight for m, _, _ in model._mixed]
 
 
-def _check_compiled_generation(backend: str) -> None:
+def check_compiled_generation(backend: str, device: str = "cpu", kernel: str = "torch") -> None:
     """The whole generation of a model (every bank group, forward and backward) captured as one
     graph (``fullgraph=True``: no graph break, no Python-side work left per step) equals eager."""
     from mgtool.archs import ArchSpec
     from mgtool.templates import fresh_template_mixing
 
-    model = fresh_template_mixing(ArchSpec("tiny-cnn", 1.0, 5, 3, {}), seed=0).train()
+    model = fresh_template_mixing(ArchSpec("tiny-cnn", 1.0, 5, 3, {}), seed=0).to(device).train()
+    assert model.set_mixing_kernel(kernel, device) == kernel
     eager = _generate(model)
-    grads = [torch.randn(w.shape, generator=torch.Generator().manual_seed(i)) for i, w in enumerate(eager)]
+    grads = [torch.randn(w.shape, generator=torch.Generator().manual_seed(i)).to(device)
+             for i, w in enumerate(eager)]
     torch.autograd.backward(eager, grads)
     want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -174,9 +176,9 @@ def _check_compiled_generation(backend: str) -> None:
 
 
 def test_generation_compiles_as_one_graph_aot_eager():
-    _check_compiled_generation("aot_eager")
+    check_compiled_generation("aot_eager")
 
 
 @pytest.mark.slow  # inductor's C++ compile: about a minute on the 2-core CI machine
 def test_generation_compiles_as_one_graph_inductor():
-    _check_compiled_generation("inductor")
+    check_compiled_generation("inductor")

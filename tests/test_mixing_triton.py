@@ -235,7 +235,27 @@ def test_train_small_with_the_triton_kernel(tmp_path, fresh_check):
     assert results["triton"]["test_loss"] == pytest.approx(results["torch"]["test_loss"], rel=1e-4)
 
 
+def test_the_cpu_default_never_loads_the_kernels():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from mgtool.archs import ArchSpec; from mgtool.templates import fresh_template_mixing; "
+            "m = fresh_template_mixing(ArchSpec('tiny-cnn', 1.0, 5, 3, {}), seed=0); "
+            "assert m.set_mixing_kernel('auto', 'cpu') == 'torch'; m(torch.zeros(1, 3, 16, 16)).sum().backward(); "
+            "print('mgtool.mixing_triton' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+
+
 # ------------------------------------------------------------------------------------------- GPU only
+
+
+@pytest.mark.parametrize("backend", [pytest.param("inductor", marks=on_gpu)])
+def test_compiled_generation_with_the_kernels_equals_eager(backend):
+    """The kernels as user-defined Triton kernels inside one compiled graph (the interpreter cannot be traced)."""
+    from tests.test_mixing import check_compiled_generation
+
+    check_compiled_generation(backend, "cuda", "triton")
 
 
 @pytest.mark.gpu
