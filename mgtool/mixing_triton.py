@@ -15,8 +15,8 @@ Accumulation is fp32. Under autocast the weights are written in the autocast dty
 the layer's own autocast cast of an fp32 weight would give, without the cast kernel, and the
 gradient arrives in that dtype). Launches need no host-device synchronisation and take their
 shapes from the group's ``MixShape``; ``torch.compile`` traces the kernels as user-defined
-Triton kernels. Importing this module needs ``triton``; ``available`` says whether the kernels
-run on a device. Run on the CPU with ``TRITON_INTERPRET=1`` set before this module is imported
+Triton kernels. Importing this module needs ``triton``; ``unavailable`` says why the kernels do
+not run on a device (None when they do). Run on the CPU with ``TRITON_INTERPRET=1`` set before this module is imported
 (the tests do).
 """
 
@@ -214,9 +214,9 @@ def mix_group_triton(bank: Tensor, coefficients: Sequence[Tensor], shape: MixSha
     if torch.jit.is_tracing() or shape.layers > MAX_LAYERS:  # FLOP counters see the einsum
         return mix_group(bank, coefficients, shape)
     templates = row_templates(bank, shape.row_sets)
-    if templates.stride(-1) != 1 or not templates[0, 0].is_contiguous():
+    if not templates[0, 0].is_contiguous():  # the kernels read a tile as one run (rows and K may stride)
         templates = templates.contiguous()
-    return _TritonMix.apply(shape, channels_last, templates, *coefficients)
+    return _TritonMix.apply(shape, channels_last, templates, *(c.contiguous() for c in coefficients))
 
 
 @functools.cache

@@ -12,13 +12,14 @@ Outside training, when generating would record no autograd graph (``torch.no_gra
 inference mode, or eval mode with frozen templates and coefficients), the weights last
 generated that way are reused as long as every template and coefficient tensor is the
 same one, unchanged: same object, storage, version counter, dtype and device, the same
-autocast state, and no ``torch.optim`` step was taken since. ``load_state_dict``, ``.to()`` and in-place edits
-change one of these; ``train()`` drops the cache. Writing through ``param.data`` outside
-an optimizer bypasses the version counter and is not seen.
+autocast state, and no ``torch.optim`` step was taken since. ``load_state_dict``, ``.to()``
+and in-place edits change one of these; ``train()`` drops the cache. Writing through
+``param.data`` outside an optimizer bypasses the version counter and is not seen.
 
 ``set_mixing_kernel`` picks how weights are generated: the torch path (``mgtool.mixing``, one
 matrix product per group and direction) or the fused Triton kernels (``mgtool.mixing_triton``,
-imported only when asked for). A group's shapes are computed once, here, not per step.
+imported only when asked for; used while the banks stay on the device type it was chosen for).
+A group's shapes are computed once, here, not per step.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class TemplateMixingNet(nn.Module):
                         for (bank, _, cols, row_sets, parts), modules in groups.items()]
         self._cache_key: tuple | None = None  # state of the parameters the current weights came from
         self.mixing_kernel = "torch"
-        self._triton_mix = None  # mgtool.mixing_triton's generation, bound to the weights' layout
+        self._triton_mix: tuple[str, Callable] | None = None  # (device type, mixing_triton's generation)
 
     def set_mixing_kernel(self, kernel: str, device: torch.device | str, *, channels_last: bool = False) -> str:
         """Generate weights with ``kernel`` (``auto``: Triton on CUDA, torch elsewhere) on ``device``;
@@ -105,13 +106,15 @@ class TemplateMixingNet(nn.Module):
         triton_mix = _triton_mixer(str(device))
         if triton_mix is not None:
             self.mixing_kernel = "triton"
-            self._triton_mix = functools.partial(triton_mix, channels_last=channels_last)
+            self._triton_mix = (device.type, functools.partial(triton_mix, channels_last=channels_last))
         return self.mixing_kernel
 
     def generate_weights(self) -> None:
         """Set every mixed layer's ``weight`` (a plain tensor attribute) from its templates."""
         self._cache_key = None
-        mix = self._triton_mix or mix_group
+        mix = mix_group
+        if self._triton_mix is not None and self._triton_mix[0] == self._device_type():
+            mix = self._triton_mix[1]
         for bank, shape, modules in self._groups:
             weights = mix(self.banks[bank], [m.coefficients for m in modules], shape)
             for module, weight in zip(modules, weights):
@@ -129,6 +132,9 @@ class TemplateMixingNet(nn.Module):
             self._cache_key = None
         return super().train(mode)
 
+    def _device_type(self) -> str:
+        return next(iter(self.banks.values())).device.type if self.banks else "cpu"
+
     def _mixing_parameters(self) -> list[Tensor]:
         return [*self.banks.values(), *(module.coefficients for module, _, _ in self._mixed)]
 
@@ -140,7 +146,7 @@ class TemplateMixingNet(nn.Module):
 
     def _cached_weights(self) -> None:
         """Generate without a graph unless the current weights came from these exact parameters."""
-        device = next(iter(self.banks.values())).device.type if self.banks else "cpu"
+        device = self._device_type()
         autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         key = (torch.is_inference_mode_enabled(), autocast, _optimizer_steps[0],
                *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self._mixing_parameters()))

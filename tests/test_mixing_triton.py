@@ -258,6 +258,15 @@ def test_compiled_generation_with_the_kernels_equals_eager(backend):
     check_compiled_generation(backend, "cuda", "triton")
 
 
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=on_gpu)])
+def test_a_model_moved_off_the_gpu_generates_with_the_torch_path(device):
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    model = _tiny(device, "triton").eval()
+    with torch.no_grad():
+        on_gpu_out = model(x.to(device)).cpu()
+        assert_close(model.cpu()(x), on_gpu_out, **FP32)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kernel", ["triton", "torch"])
