@@ -324,3 +324,64 @@ def test_the_kernels_compile_for_an_h100_without_one():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", AOT], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "compiled", r.stderr[-2000:]
+
+
+CAPTURE = r'''
+import functools
+import torch
+import torch.utils._triton
+
+torch.utils._triton.has_triton = lambda: True  # dynamo's Triton support, which it turns off without a GPU
+
+from mgtool import mixing_triton
+from mgtool.archs import ArchSpec
+from mgtool.templates import fresh_template_mixing
+
+model = fresh_template_mixing(ArchSpec("tiny-cnn", 1.0, 5, 3, {}), seed=0).train()
+# the kernels chosen without the availability check, which would launch them on the CPU
+model._triton_mix = ("cpu", functools.partial(mixing_triton.mix_group_triton, channels_last=False))
+graphs = []
+
+
+class Captured(Exception):
+    pass
+
+
+def backend(gm, example_inputs):
+    graphs.append(gm)
+
+    def run(*args):
+        raise Captured  # nothing runs: there is no GPU
+
+    return run
+
+
+def generate(model):
+    model.generate_weights()
+    return [m.weight for m, _, _ in model._mixed]
+
+
+try:
+    torch.compile(generate, backend=backend, fullgraph=True)(model)
+except Captured:
+    pass
+(gm,) = graphs
+call = "higher_order.triton_kernel_wrapper_mutation("
+kernels = sum(getattr(gm, name).code.count(call) for name, _ in gm.named_children())
+print(len(model._groups), kernels)
+'''
+
+
+def test_dynamo_captures_the_kernels_in_one_graph():
+    """``torch.compile(fullgraph=True)`` takes the whole Triton generation, forward and backward,
+    as user-defined Triton kernels in one graph. Dynamo enables that support only where a GPU is
+    present, so here it is switched on by hand (a private torch switch) and only the capture is
+    checked; the compiled run is a GPU test (test_compiled_generation_with_the_kernels_equals_eager)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", CAPTURE], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    groups, kernels = map(int, r.stdout.split())
+    assert kernels == 2 * groups  # one forward and one backward kernel per bank group
