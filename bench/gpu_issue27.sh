@@ -18,7 +18,7 @@ LIMIT=${LIMIT:-570}  # seconds for the whole script
 DIR=${OUT:-bench/results/gpu}
 mkdir -p "$DIR"
 left() { echo $((LIMIT - SECONDS)); }
-exec > >(tee "$DIR/issue27.log") 2>&1
+{
 echo "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
@@ -35,3 +35,4 @@ else
   echo "skipped: too little time left"
 fi
 echo "== done in ${SECONDS}s"
+} 2>&1 | tee "$DIR/issue27.log"
