@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 import mgtool.model
 from mgtool.archs import ArchSpec
+from mgtool.errors import SettingError
 from mgtool.mixing import MixShape, mix_group
 from mgtool.templates import fresh_template_mixing
 
-triton_mod = pytest.importorskip("triton")
+pytest.importorskip("triton")
 from mgtool import mixing_triton  # noqa: E402  (after the interpreter switch in conftest)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -150,7 +151,7 @@ def test_cached_evaluation_weights_follow_autocast(device):
 def test_auto_is_the_torch_path_on_the_cpu_and_bad_names_are_refused():
     model = fresh_template_mixing(ArchSpec("tiny-cnn", 1.0, 5, 3, {}), seed=0)
     assert model.set_mixing_kernel("auto", "cpu") == "torch" and model.mixing_kernel == "torch"
-    with pytest.raises(mgtool.model.MgtoolError, match="--mixing-kernel must be one of auto, triton, torch"):
+    with pytest.raises(SettingError, match="--mixing-kernel must be one of auto, triton, torch"):
         model.set_mixing_kernel("cuda-graphs", "cpu")
 
 
