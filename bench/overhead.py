@@ -46,9 +46,9 @@ class EinsumMixingNet(TemplateMixingNet):
     autograd through the einsum, no cache. Kept as a reference only."""
 
     def generate_weights(self) -> None:
-        for bank, row_sets, _, modules in self._groups:
+        for bank, shape, modules in self._groups:
             coefs = torch.stack([m.coefficients for m in modules])
-            t = row_templates(self.banks[bank], row_sets)
+            t = row_templates(self.banks[bank], shape.row_sets)
             layers, rows, cols = coefs.shape[:3]
             out_t, in_t, *rest = t.shape[2:]
             weight = torch.einsum("lrck,rkoi...->lroci...", coefs, t)

@@ -128,6 +128,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    p.add_argument("--mixing-kernel", choices=["auto", "triton", "torch"], default="auto",
+                   help="template mixing's weight generation (auto: Triton on CUDA)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if not in the table")
     p.add_argument("--loader-samples", type=int, default=50000)
     p.add_argument("--workers", type=int, default=None)
@@ -165,10 +167,13 @@ def main() -> int:
             model.to(device)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
+            kernel = model.set_mixing_kernel(a.mixing_kernel, device, channels_last=channels_last) \
+                if isinstance(model, TemplateMixingNet) else None
             sec = timed(train_step_fn(model, batches, bf16, device, compiled), a.steps, a.warmup, device)
             ips = a.batch_size / sec
             flops = 6 * macs * ips
             rows.append({"what": f"{kind}{' +compile' if compiled else ''}", "kind": kind, "compile": compiled,
+                         "mixing_kernel": kernel,
                          "images_per_s": ips, "model_tflops": flops / 1e12,
                          "mfu": flops / (peak * 1e12) if peak else None, "macs_per_sample": macs})
             del model
@@ -203,6 +208,7 @@ def main() -> int:
         model = make_model("template-mixing", spec).to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        model.set_mixing_kernel(a.mixing_kernel, device, channels_last=channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
         steps = min(len(loader), a.steps + a.warmup)
         t0 = None

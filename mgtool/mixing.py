@@ -14,11 +14,50 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 RowSets = tuple[tuple[int, ...], ...]
+# --mixing-kernel: auto (triton on CUDA, torch elsewhere), triton (mgtool.mixing_triton), torch (here).
+MIXING_KERNELS = ("auto", "triton", "torch")
+
+
+@dataclass(frozen=True)
+class MixShape:
+    """The static shapes of one bank group, computed once per model, not per step.
+
+    ``layers`` layers share a bank of ``(sets, K, *tile)`` templates and a ``rows x cols``
+    grid; each row mixes ``k`` templates (its sets' K each) and each weight is
+    ``(rows*out_t, cols*in_t, *rest)``.
+    """
+
+    layers: int
+    rows: int
+    cols: int
+    k: int
+    tile: tuple[int, ...]
+    row_sets: RowSets
+    row_interleave: int = 1
+
+    @classmethod
+    def of(cls, bank_shape: Sequence[int], layers: int, cols: int, row_sets: RowSets,
+           row_interleave: int = 1) -> MixShape:
+        return cls(layers, len(row_sets), cols, len(row_sets[0]) * bank_shape[1], tuple(bank_shape[2:]),
+                   row_sets, row_interleave)
+
+    @property
+    def weight(self) -> tuple[int, ...]:
+        out_t, in_t, *rest = self.tile
+        return (self.rows * out_t, self.cols * in_t, *rest)
+
+    @property
+    def tile_numel(self) -> int:
+        n = 1
+        for d in self.tile:
+            n *= d
+        return n
 
 
 def row_templates(bank: Tensor, row_sets: RowSets) -> Tensor:
@@ -26,7 +65,8 @@ def row_templates(bank: Tensor, row_sets: RowSets) -> Tensor:
 
     The usual layouts are views with no copy: one set per row in order
     (``((0,), (1,))``), one row over all sets (``((0, 1),)``) and every row on the
-    same set (``((0,), (0,))``). Any other layout gathers (a copy).
+    same set (``((0,), (0,))``). Any other layout gathers (a copy, with no index tensor made
+    on the host, so it is safe inside a CUDA graph).
     """
     sets, k = bank.shape[0], bank.shape[1]
     tile = bank.shape[2:]
@@ -37,8 +77,7 @@ def row_templates(bank: Tensor, row_sets: RowSets) -> Tensor:
     if per_row == 1 and len(set(flat)) == 1:
         s = flat[0]
         return bank[s : s + 1].expand(rows, k, *tile)
-    index = torch.tensor(flat, device=bank.device)
-    return bank.index_select(0, index).reshape(rows, per_row * k, *tile)
+    return torch.cat([bank[s] for s in flat]).reshape(rows, per_row * k, *tile)
 
 
 def mix(bank: Tensor, coefficients: Tensor, row_sets: RowSets, row_interleave: int = 1) -> Tensor:
@@ -61,18 +100,29 @@ def mix_layers(bank: Tensor, coefficients: Sequence[Tensor], row_sets: RowSets,
     """The weights of layers that share a bank and a grid, from their coefficients
     ``(rows, cols, K)`` each: one matrix product makes all of them, and the backward pass
     writes the bank's gradient once, not once per layer."""
-    templates = row_templates(bank, row_sets)
-    rows, cols = coefficients[0].shape[:2]
-    out_t, in_t, *rest = templates.shape[2:]
+    shape = MixShape.of(bank.shape, len(coefficients), coefficients[0].shape[1], row_sets, row_interleave)
+    return mix_group(bank, coefficients, shape)
+
+
+def mix_group(bank: Tensor, coefficients: Sequence[Tensor], shape: MixShape) -> tuple[Tensor, ...]:
+    """``mix_layers`` with the group's shapes computed beforehand (``TemplateMixingNet`` does
+    this once), so a step does no shape work in Python."""
+    templates = row_templates(bank, shape.row_sets)
     if torch.jit.is_tracing():  # FLOP counters trace the model; they see an einsum, not a Python op
         weight = torch.einsum("lrck,rkoi...->lroci...", torch.stack(tuple(coefficients)), templates)
-        weights = tuple(weight.reshape(len(coefficients), rows * out_t, cols * in_t, *rest).unbind(0))
+        weights = tuple(weight.reshape(len(coefficients), *shape.weight).unbind(0))
     else:
-        weights = _Mix.apply(templates, *coefficients)
-    if row_interleave > 1:
-        weights = tuple(w.unflatten(0, (rows, row_interleave, out_t // row_interleave)).transpose(0, 1)
-                        .reshape(rows * out_t, cols * in_t, *rest) for w in weights)
+        weights = _Mix.apply(shape, templates, *coefficients)
+    if shape.row_interleave > 1:
+        weights = tuple(interleave_rows(w, shape) for w in weights)
     return weights
+
+
+def interleave_rows(weight: Tensor, shape: MixShape) -> Tensor:
+    """Tile rows ``[q_0 k_0 v_0 | q_1 k_1 v_1]`` listed part by part: ``[q_0 q_1 | k_0 k_1 | v_0 v_1]``."""
+    parts, out_t = shape.row_interleave, shape.tile[0]
+    return (weight.unflatten(0, (shape.rows, parts, out_t // parts)).transpose(0, 1)
+            .reshape(shape.weight))
 
 
 # The coefficient gradient is a product with a tiny output ``(L*cols, K)`` and a long
@@ -105,10 +155,10 @@ class _Mix(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, templates: Tensor, *coefs: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(ctx, shape: MixShape, templates: Tensor, *coefs: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         with _autocast_off(templates.device.type):
-            rows, k, out_t, in_t, *rest = templates.shape
-            layers, cols = len(coefs), coefs[0].shape[1]
+            rows, k, cols, layers = shape.rows, shape.k, shape.cols, shape.layers
+            out_t, in_t, *rest = shape.tile
             flat_t = templates.reshape(rows, k, -1)
             stacked = coefs[0].unsqueeze(0) if layers == 1 else torch.stack(coefs)
             flat_c = stacked.to(templates.dtype).transpose(0, 1).reshape(rows, layers * cols, k)
@@ -119,15 +169,16 @@ class _Mix(torch.autograd.Function):
                 weights = tuple(w.transpose(1, 2).reshape(rows * out_t, cols * in_t, *rest)
                                 for w in product.unbind(1))
         ctx.save_for_backward(flat_t, flat_c)
-        ctx.grid = (rows, cols, layers, out_t, in_t, tuple(rest))
+        ctx.shape = shape
         ctx.coef_dtype = coefs[0].dtype
         return weights
 
     @staticmethod
     def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         flat_t, flat_c = ctx.saved_tensors
-        rows, cols, layers, out_t, in_t, rest = ctx.grid
-        need_t, need_c = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
+        shape = ctx.shape
+        rows, cols, layers, (out_t, in_t, *rest) = shape.rows, shape.cols, shape.layers, shape.tile
+        need_t, need_c = ctx.needs_input_grad[1], any(ctx.needs_input_grad[2:])
         with _autocast_off(flat_t.device.type):
             per_layer = [g.to(flat_t.dtype).reshape(rows, out_t, cols, in_t, *rest).transpose(1, 2)
                          .reshape(rows, cols, -1) for g in grads]
@@ -139,7 +190,7 @@ class _Mix(torch.autograd.Function):
                 chunk = REDUCTION_CHUNK if flat_g.is_cuda else None
                 grad_c = reduce_product(flat_g, flat_t, chunk)  # (rows, L*cols, K)
                 grad_c = grad_c.view(rows, layers, cols, -1).transpose(0, 1).to(ctx.coef_dtype).unbind(0)
-        return (grad_t, *(grad_c if grad_c is not None else (None,) * layers))
+        return (None, grad_t, *(grad_c if grad_c is not None else (None,) * layers))
 
 
 def reduce_product(a: Tensor, b: Tensor, chunk: int | None = None) -> Tensor:

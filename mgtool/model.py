@@ -11,20 +11,30 @@ state-dict keys other than weights keep the family's names
 Outside training, when generating would record no autograd graph (``torch.no_grad``,
 inference mode, or eval mode with frozen templates and coefficients), the weights last
 generated that way are reused as long as every template and coefficient tensor is the
-same one, unchanged: same object, storage, version counter, dtype and device, and no
-``torch.optim`` step was taken since. ``load_state_dict``, ``.to()`` and in-place edits
-change one of these; ``train()`` drops the cache. Writing through ``param.data`` outside
-an optimizer bypasses the version counter and is not seen.
+same one, unchanged: same object, storage, version counter, dtype and device, the same
+autocast state, and no ``torch.optim`` step was taken since. ``load_state_dict``, ``.to()``
+and in-place edits change one of these; ``train()`` drops the cache. Writing through
+``param.data`` outside an optimizer bypasses the version counter and is not seen.
+
+``set_mixing_kernel`` picks how weights are generated: the torch path (``mgtool.mixing``, one
+matrix product per group and direction) or the fused Triton kernels (``mgtool.mixing_triton``,
+imported only when asked for; used while the banks stay on the device type it was chosen for).
+A group's shapes are computed once, here, not per step.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from mgtool.errors import MgtoolError
-from mgtool.mixing import mix_layers
+from mgtool.errors import MgtoolError, check_choice
+from mgtool.mixing import MIXING_KERNELS, MixShape, mix_group
 from mgtool.plan import TemplatePlan, mixable_layers
 
 # Fused optimizers (``SGD(fused=True)``, ``AdamW(fused=True)``) update parameters without
@@ -76,14 +86,37 @@ class TemplateMixingNet(nn.Module):
             self._mixed.append((module, layer.bank, layer.row_sets))
             key = (layer.bank, layer.rows, layer.cols, layer.row_sets, layer.row_interleave)
             groups.setdefault(key, []).append(module)
-        self._groups = [(bank, row_sets, parts, modules) for (bank, _, _, row_sets, parts), modules in groups.items()]
+        self._groups = [(bank, MixShape.of(self.banks[bank].shape, len(modules), cols, row_sets, parts), modules)
+                        for (bank, _, cols, row_sets, parts), modules in groups.items()]
         self._cache_key: tuple | None = None  # state of the parameters the current weights came from
+        self.mixing_kernel = "torch"
+        self._triton_mix: tuple[str, Callable] | None = None  # (device type, mixing_triton's generation)
+
+    def set_mixing_kernel(self, kernel: str, device: torch.device | str, *, channels_last: bool = False) -> str:
+        """Generate weights with ``kernel`` (``auto``: Triton on CUDA, torch elsewhere) on ``device``;
+        returns the kernel used. Where Triton cannot import or run, the torch path is used and
+        one warning per device and process says why. ``channels_last``: the Triton kernels
+        write conv weights in that memory format (the layout a channels_last conv wants)."""
+        check_choice("mixing_kernel", kernel, MIXING_KERNELS)
+        device = torch.device(device)
+        self._cache_key = None
+        self.mixing_kernel, self._triton_mix = "torch", None
+        if kernel == "torch" or (kernel == "auto" and device.type != "cuda"):
+            return "torch"
+        triton_mix = _triton_mixer(str(device))
+        if triton_mix is not None:
+            self.mixing_kernel = "triton"
+            self._triton_mix = (device.type, functools.partial(triton_mix, channels_last=channels_last))
+        return self.mixing_kernel
 
     def generate_weights(self) -> None:
         """Set every mixed layer's ``weight`` (a plain tensor attribute) from its templates."""
         self._cache_key = None
-        for bank, row_sets, parts, modules in self._groups:
-            weights = mix_layers(self.banks[bank], [m.coefficients for m in modules], row_sets, parts)
+        mix = mix_group
+        if self._triton_mix is not None and self._triton_mix[0] == self._device_type():
+            mix = self._triton_mix[1]
+        for bank, shape, modules in self._groups:
+            weights = mix(self.banks[bank], [m.coefficients for m in modules], shape)
             for module, weight in zip(modules, weights):
                 module.weight = weight
 
@@ -99,6 +132,9 @@ class TemplateMixingNet(nn.Module):
             self._cache_key = None
         return super().train(mode)
 
+    def _device_type(self) -> str:
+        return next(iter(self.banks.values())).device.type if self.banks else "cpu"
+
     def _mixing_parameters(self) -> list[Tensor]:
         return [*self.banks.values(), *(module.coefficients for module, _, _ in self._mixed)]
 
@@ -110,7 +146,9 @@ class TemplateMixingNet(nn.Module):
 
     def _cached_weights(self) -> None:
         """Generate without a graph unless the current weights came from these exact parameters."""
-        key = (torch.is_inference_mode_enabled(), _optimizer_steps[0],
+        device = self._device_type()
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        key = (torch.is_inference_mode_enabled(), autocast, _optimizer_steps[0],
                *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self._mixing_parameters()))
         if key != self._cache_key:
             self.generate_weights()
@@ -127,7 +165,7 @@ class TemplateMixingNet(nn.Module):
             if not k.endswith(".coefficients")
         }
         for module, _, _ in self._mixed:
-            out[f"{names[id(module)]}.weight"] = module.weight.detach().clone()
+            out[f"{names[id(module)]}.weight"] = module.weight.detach().clone(memory_format=torch.contiguous_format)
         return out
 
     def template_parameters(self) -> int:
@@ -135,3 +173,19 @@ class TemplateMixingNet(nn.Module):
 
     def coefficient_parameters(self) -> int:
         return sum(module.coefficients.numel() for module, _, _ in self._mixed)
+
+
+@functools.cache
+def _triton_mixer(device: str) -> Callable | None:
+    """``mgtool.mixing_triton.mix_group_triton`` if its kernels run on ``device``, else None
+    (warned once per device and process)."""
+    try:  # by name: a missing or broken triton is found here, not when mgtool.model is imported
+        module = importlib.import_module("mgtool.mixing_triton")
+        reason = module.unavailable(device)
+    except Exception as e:  # not installed, or broken: the torch path still works
+        reason = f"cannot import triton ({type(e).__name__}: {e})"
+    if reason is None:
+        return module.mix_group_triton
+    warnings.warn(f"Triton weight generation does not run on {device} ({reason}); using the torch path "
+                  "(--mixing-kernel torch chooses it without this warning)", RuntimeWarning, stacklevel=3)
+    return None

@@ -10,6 +10,11 @@ import torch
 
 from mgtool.archs import ArchSpec, build_plain, family_names, resolve_spec, tiny_spec
 
+# Without CUDA, Triton kernels run in its interpreter on CPU tensors (tests/test_mixing_triton.py).
+# Triton reads this when a kernel is defined, so it is set before anything imports mgtool.mixing_triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Every registered family's tiny instance (Family.tiny): a family is tested the day it is
 # registered. Extra variants of a family are listed by hand.
 TINY_SPECS = {name: tiny_spec(name) for name in family_names()} | {

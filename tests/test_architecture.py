@@ -115,6 +115,7 @@ def test_the_named_import_rules_hold() -> None:
     assert not any(p.startswith("mgtool/data/") for p in importers("mgtool.train"))
     assert importers("mgtool.convert") <= cli | {"mgtool/convert.py", "mgtool/pipeline.py", "mgtool/__init__.py"}
     assert imported("mgtool/mixing.py") == set()
+    assert imported("mgtool/mixing_triton.py") == {"mgtool.mixing"}
     assert not any(m.split(".")[0] == "torch" for m in imports("mgtool/train/settings.py")), \
         "mgtool.train.settings must not import torch"
 

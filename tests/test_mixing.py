@@ -144,3 +144,41 @@ def test_a_template_mixing_net_traces_under_torch_compile():
     assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     for name, p in model.named_parameters():
         assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-5)
+
+
+def _generate(model) -> list[torch.Tensor]:
+    model.generate_weights()
+    return [m.weight for m, _, _ in model._mixed]
+
+
+def check_compiled_generation(backend: str, device: str = "cpu", kernel: str = "torch") -> None:
+    """The whole generation of a model (every bank group, forward and backward) captured as one
+    graph (``fullgraph=True``: no graph break, no Python-side work left per step) equals eager."""
+    from mgtool.archs import ArchSpec
+    from mgtool.templates import fresh_template_mixing
+
+    model = fresh_template_mixing(ArchSpec("tiny-cnn", 1.0, 5, 3, {}), seed=0).to(device).train()
+    assert model.set_mixing_kernel(kernel, device) == kernel
+    eager = _generate(model)
+    grads = [torch.randn(w.shape, generator=torch.Generator().manual_seed(i)).to(device)
+             for i, w in enumerate(eager)]
+    torch.autograd.backward(eager, grads)
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(_generate, backend=backend, fullgraph=True)(model)
+    torch.autograd.backward(compiled, grads)
+    for got, ref in zip(compiled, eager, strict=True):
+        assert_close(got, ref.detach(), rtol=1e-5, atol=1e-6)
+    assert set(want) == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        if name in want:
+            assert_close(p.grad, want[name], rtol=1e-5, atol=1e-6)
+
+
+def test_generation_compiles_as_one_graph_aot_eager():
+    check_compiled_generation("aot_eager")
+
+
+@pytest.mark.slow  # inductor's C++ compile: about a minute on the 2-core CI machine
+def test_generation_compiles_as_one_graph_inductor():
+    check_compiled_generation("inductor")

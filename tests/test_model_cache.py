@@ -17,15 +17,15 @@ X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts weight generations (one ``mix_layers`` call per bank group)."""
+    """Counts weight generations (one ``mix_group`` call per bank group)."""
     count = [0]
-    real = mgtool.model.mix_layers
+    real = mgtool.model.mix_group
 
     def counting(*args, **kwargs):
         count[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mgtool.model, "mix_layers", counting)
+    monkeypatch.setattr(mgtool.model, "mix_group", counting)
     return count
 
 

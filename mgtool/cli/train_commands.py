@@ -41,6 +41,9 @@ ChannelsLastOpt = Annotated[bool | None, typer.Option(
     "--channels-last/--no-channels-last", help="channels_last memory format. (default: on for CUDA)",
     show_default=False)]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
+MixingKernelOpt = Annotated[str, typer.Option(
+    "--mixing-kernel", help="Weight generation of template mixing: auto (Triton kernels on CUDA, torch "
+    "elsewhere), triton, or torch. Where Triton cannot run, torch is used with a warning.")]
 LoaderOpt = Annotated[str, typer.Option(
     "--loader", help="auto, device (whole uint8 set on the device) or dataloader (worker processes).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes. "
@@ -70,12 +73,15 @@ SmallSeedOpt = Annotated[int | None, typer.Option(
     help="Seed of init, data order and augmentation. (default: 0; with --like: net 1's + 1)", show_default=False)]
 
 
-def _runtime(device: str, precision: str, channels_last: bool | None, compile_: bool, loader: str,
-             workers: int | None, keep_every: int, quiet: bool):
+def _runtime(device: str, precision: str, channels_last: bool | None, compile_: bool, mixing_kernel: str,
+             loader: str, workers: int | None, keep_every: int, quiet: bool):
+    from mgtool.errors import check_choice
+    from mgtool.mixing import MIXING_KERNELS
     from mgtool.train import Runtime
 
+    check_choice("mixing_kernel", mixing_kernel, MIXING_KERNELS)
     return Runtime(device=device, precision=precision, channels_last=channels_last, compile=compile_,
-                   loader=loader, workers=workers, keep_every=keep_every, quiet=quiet)
+                   mixing_kernel=mixing_kernel, loader=loader, workers=workers, keep_every=keep_every, quiet=quiet)
 
 
 def _finish(result, quiet: bool, json_: bool) -> None:
@@ -113,6 +119,7 @@ def train_small_cmd(
     precision: PrecisionOpt = "auto",
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = False,
+    mixing_kernel: MixingKernelOpt = "auto",
     loader: LoaderOpt = "auto",
     workers: WorkersOpt = None,
     keep_every: KeepEveryOpt = 0,
@@ -152,7 +159,7 @@ def train_small_cmd(
     if like is not None:
         seed = like_seed(like, seed)
     config = train_config(cfg.name, train, seed=seed if seed is not None else 0)
-    runtime = _runtime(device, precision, channels_last, compile_, loader, workers, keep_every, quiet)
+    runtime = _runtime(device, precision, channels_last, compile_, mixing_kernel, loader, workers, keep_every, quiet)
     result = train_small(output, cfg, config, runtime, arch=arch, width=width, options=parse_options(opt),
                          num_classes=num_classes, in_chans=in_chans,
                          templates=2 if templates is None else templates,
@@ -176,6 +183,7 @@ def finetune_cmd(
     precision: PrecisionOpt = "auto",
     channels_last: ChannelsLastOpt = None,
     compile_: CompileOpt = False,
+    mixing_kernel: MixingKernelOpt = "auto",
     loader: LoaderOpt = "auto",
     workers: WorkersOpt = None,
     keep_every: KeepEveryOpt = 0,
@@ -195,7 +203,7 @@ def finetune_cmd(
 
     cfg = data_config_from_cli(data, data_dir, data_opt, download, fallback=stored_data(src))
     config = train_config(cfg.name, train, seed=seed)
-    runtime = _runtime(device, precision, channels_last, compile_, loader, workers, keep_every, quiet)
+    runtime = _runtime(device, precision, channels_last, compile_, mixing_kernel, loader, workers, keep_every, quiet)
     result = finetune(src, output, cfg, config, runtime, resume=resume, force=force)
     _finish(result, quiet, json_)
 

@@ -28,6 +28,7 @@ from mgtool.data import DataConfig, dataset_info, normaliser, resolve_config, tr
 from mgtool.data.loaders import seed_for
 from mgtool.errors import MgtoolError, check_range
 from mgtool.flops import flops_per_training_sample
+from mgtool.model import TemplateMixingNet
 from mgtool.train.distributed import DistEnv, all_reduce_sum, any_rank, barrier, init_distributed, shutdown
 from mgtool.train.evaluate import EvalResult, check_model_fits, evaluate, resolve_precision
 from mgtool.train.lineage import Lineage
@@ -54,6 +55,7 @@ class Runtime:
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None = on for CUDA
     compile: bool = False
+    mixing_kernel: str = "auto"  # weight generation of template-mixing models: auto, triton or torch
     loader: str = "auto"
     workers: int | None = None
     keep_every: int = 0
@@ -144,6 +146,8 @@ class Trainer:
         self.model.to(device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if isinstance(self.model, TemplateMixingNet):
+            self.model.set_mixing_kernel(self.runtime.mixing_kernel, device, channels_last=self.channels_last)
         self.optimizer = make_optimizer(self.model, train)
         self.schedule = LrSchedule(self.optimizer, train, self.steps_per_epoch)
         self.epochs = math.ceil(self.schedule.stop_step / self.steps_per_epoch)
