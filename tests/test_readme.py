@@ -161,6 +161,14 @@ BLOCKS = [(f"{doc.relative_to(ROOT)}:{start}", commands) for doc in DOCS
           for start, commands in bash_blocks(doc.read_text())]
 
 
+def test_the_readme_is_a_way_in_not_an_archive():
+    """At most 250 lines, starting with the two set-up commands (demo, tests)."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    first = bash_blocks(text)[0][1]
+    assert first[0].endswith("mgtool demo") and first[1].endswith("python -m pytest -q")
+
+
 def test_the_lists_match_the_readme():
     """SKIP, KNOWN_FAILING and TINY name only what the README and guides hold: no stale entries."""
     commands = [c for _, block in BLOCKS for c in block]
