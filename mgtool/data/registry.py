@@ -76,6 +76,12 @@ class Dataset(ABC):
         """The folder the data is read from; None for generated data."""
         return None
 
+    def data_files(self, cfg: DataConfig) -> list[Path]:
+        """The files the data is read from (resume checks them for changes): by default every
+        file under ``locate``'s folder."""
+        folder = self.locate(cfg)
+        return [] if folder is None else sorted(p for p in folder.rglob("*") if p.is_file())
+
     def augment(self, cfg: DataConfig) -> Augment:
         o = cfg.options
         fill = tuple(round(m * 255) for m in self.normalisation(cfg)[0])

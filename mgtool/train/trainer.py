@@ -25,6 +25,7 @@ from torch import nn
 
 from mgtool.checkpoint import make_parent
 from mgtool.data import DataConfig, dataset_info, normaliser, resolve_config, train_loader
+from mgtool.data.fingerprint import changed_files, data_fingerprint, describe_changes
 from mgtool.data.loaders import seed_for
 from mgtool.errors import MgtoolError, check_range
 from mgtool.flops import flops_per_training_sample
@@ -41,6 +42,7 @@ from mgtool.train.outputs import (
 )
 from mgtool.train.paths import RunPaths, run_paths
 from mgtool.train.report import Reporter
+from mgtool.train.resume_check import check_loaded, check_structure, saved_files, saved_fingerprint
 from mgtool.train.schedule import LrSchedule
 from mgtool.train.settings import TrainConfig
 from mgtool.train.state import rng_state, set_rng_state
@@ -124,9 +126,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
 
-    def setup(self, state: dict[str, Any] | None) -> None:
+    def setup(self, state: dict[str, Any] | None, *, force: bool = False) -> None:
+        """``force``: resume even if the data files changed since the state was written."""
         train, env, device = self.train, self.env, self.device
         info = dataset_info(self.data)
+        self.data_files = data_fingerprint(self.data)
         if train.batch_size % env.world:
             raise MgtoolError(f"--batch-size {train.batch_size} must be divisible by the number of processes "
                               f"({env.world}); it is the global batch")
@@ -149,7 +153,7 @@ class Trainer:
         self.epochs = math.ceil(self.schedule.stop_step / self.steps_per_epoch)
         torch.manual_seed(seed_for(train.seed, env.rank, 3))
         if state is not None:
-            self._restore(state)
+            self._restore(state, force)
         barrier()
         self.train_model: nn.Module = self.model
         if env.enabled:
@@ -158,17 +162,25 @@ class Trainer:
         if self.runtime.compile:
             self.train_model = torch.compile(self.train_model)
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        saved = json.loads(state["fingerprint"])
+    def _restore(self, state: dict[str, Any], force: bool) -> None:
+        saved = saved_fingerprint(state, self.paths.state)
         differ = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
         if differ:
             raise MgtoolError(f"{self.paths.state}: was written by a run with different {', '.join(differ)}; "
                               "rerun the same command with --resume, or pass --force (without --resume) to "
                               "start over")
+        check_structure(state, self.model, self.optimizer, self.paths.state)
         check_state(state, self.paths, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
                     world=self.env.world)
+        files = saved_files(state, self.paths.state)
+        changed = [] if files is None else changed_files(files, self.data_files)
+        if changed and not force:
+            raise MgtoolError(f"{self.paths.state}: the data changed since this run started "
+                              f"({describe_changes(changed)}); restore the data, or pass --force with --resume "
+                              "to continue on the new data")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
+        check_loaded(self.optimizer, self.paths.state)
         self.start_epoch, self.step, self.samples = int(state["epoch"]), int(state["step"]), int(state["samples_seen"])
         self.history = list(state["metrics"])
         self.first_write = False
@@ -264,6 +276,7 @@ class Trainer:
                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True), "epoch": epoch + 1, "step": self.step,
                 "samples_seen": self.samples, "world": self.env.world, "model": tensors,
                 "optimizer": self.optimizer.state_dict(), "rng": rng, "metrics": self.history,
+                "data_files": self.data_files,
             }
             write_epoch(self.paths, tensors, meta, self.history, resume_state, epoch=epoch + 1,
                         keep_every=self.runtime.keep_every, complete=complete, first_write=self.first_write)
@@ -327,7 +340,7 @@ def fit(model: nn.Module, lineage: Lineage, data: DataConfig, train: TrainConfig
                 Reporter(quiet=runtime.quiet, main=env.is_main).note(
                     f"no resume state at {paths.state}; starting a fresh run")
             trainer = Trainer(model, lineage, resolve_config(data), train, runtime, paths, env, device)
-            trainer.setup(state)
+            trainer.setup(state, force=force)
             meta = trainer.run()
         return FitResult(paths.out, meta, trainer.history, time.perf_counter() - started_at, env.is_main)
     finally:
