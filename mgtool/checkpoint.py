@@ -7,9 +7,7 @@ tensor is loaded; tensors are then checked strictly against the model they belon
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -24,6 +22,7 @@ from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.errors import MgtoolError, first_line
 from mgtool.plan import TemplatePlan
 from mgtool.provenance import Provenance
+from mgtool.safe_write import check_target, write_file
 
 FORMAT_VERSION = 1
 METADATA_KEY = "mgtool"
@@ -273,51 +272,15 @@ def _few(keys: list[str], n: int = 4) -> str:
     return "[" + ", ".join(keys[:n]) + "]" + more
 
 
-def check_output_path(path: Path | str, force: bool) -> Path:
-    """Refuse an existing output without ``force``; create the output folder (and its parents)."""
-    path = Path(path)
-    if path.is_dir():
-        raise MgtoolError(f"{path}: is a directory; give a file name such as {path / 'model.safetensors'}")
-    if path.exists() and not force:
-        raise MgtoolError(f"{path}: already exists; pass --force to overwrite it")
-    make_parent(path)
-    return path
+def check_output_path(path: Path | str, force: bool, inputs: Iterable[Path | str] = ()) -> Path:
+    """Refuse an output that exists (without ``force``), is not a regular file, is one of
+    ``inputs`` or is locked by a running training; create its folder (``safe_write.check_target``)."""
+    return check_target(path, force, inputs)
 
 
-def make_parent(path: Path) -> None:
-    """Create ``path``'s folder and its parents; a clear error if that is impossible."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise MgtoolError(f"{path.parent}: cannot be the output folder (a part of it is a file)") from None
-    except OSError as e:
-        raise MgtoolError(f"{path.parent}: cannot create the output folder ({e.strerror or e})") from None
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename over it.
-
-    A file that is replaced keeps its mode; a new one gets the usual mode (0666 less the umask)."""
-    make_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()  # mkstemp makes 0600
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def atomic_write(path: Path, write: Any, *, force: bool = True) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then publish it (``safe_write.write_file``)."""
+    write_file(path, write, force=force)
 
 
 def check_finite(tensors: dict[str, Tensor], where: Path | str) -> None:
@@ -343,5 +306,5 @@ def save_checkpoint(path: Path | str, tensors: dict[str, Tensor], meta: Checkpoi
             value = value.clone()
         storages.add(value.untyped_storage().data_ptr())
         clean[key] = value
-    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={METADATA_KEY: meta.to_json()}))
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={METADATA_KEY: meta.to_json()}), force=force)
     return path

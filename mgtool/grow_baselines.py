@@ -211,7 +211,7 @@ def grow(
     if factor < 2:
         raise MgtoolError(f"--factor must be at least 2, got {factor}")
     if out is not None:
-        check_output_path(out, force)
+        check_output_path(out, force, inputs=[src])
     meta_in = read_meta(src)
     if meta_in.kind != "plain":
         raise MgtoolError(

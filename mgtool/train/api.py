@@ -13,6 +13,7 @@ from mgtool.errors import MgtoolError
 from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
 from mgtool.provenance import Parent, sha256_file
+from mgtool.safe_write import check_not_an_input
 from mgtool.templates import fresh_template_mixing
 from mgtool.train.distributed import resolve_device
 from mgtool.train.evaluate import check_model_fits, evaluate, resolve_precision
@@ -79,6 +80,7 @@ def train_small(out: Path | str, data: DataConfig, train: TrainConfig, runtime: 
     architecture and plan), or continue one (``init_from``)."""
     if sum(x is not None for x in (arch, like, init_from)) != 1:
         raise MgtoolError("give exactly one of --arch (with --width), --like CKPT or --init-from CKPT")
+    check_not_an_input(out, [like, init_from])
     data = resolve_config(data)
     info = dataset_info(data)
     if init_from is not None:
@@ -136,8 +138,7 @@ def finetune(src: Path | str, out: Path | str, data: DataConfig, train: TrainCon
              *, resume: bool = False, force: bool = False) -> FitResult:
     """Train any mgtool checkpoint (templates and coefficients both train, or plain weights)."""
     src, out = Path(src), Path(out)
-    if out.resolve() == src.resolve():
-        raise MgtoolError(f"{out}: the output must differ from the input checkpoint")
+    check_not_an_input(out, [src])
     model, meta = load_checkpoint(src)
     parent = Parent(str(src), sha256_file(src), "input", meta.flops.training)
     lineage = Lineage("finetune", meta.kind, meta.arch, meta.plan, (parent,), meta.flops,

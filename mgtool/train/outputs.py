@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,26 +18,21 @@ from typing import Any
 
 from mgtool.checkpoint import CheckpointMeta, atomic_write, check_output_path, save_checkpoint
 from mgtool.errors import MgtoolError
+from mgtool.safe_write import Busy, hold_lock, lock_path
 from mgtool.train.paths import RunPaths
 from mgtool.train.state import load_state, save_state
 
 
 @contextmanager
 def output_lock(paths: RunPaths) -> Iterator[None]:
-    """Hold ``.OUT-stem.lock`` beside OUT; a second run on the same OUT is refused at once."""
-    lock = paths.out.with_name(f".{paths.stem}.lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    """Hold ``.OUT-stem.lock`` beside OUT; a second run on the same OUT, or any other mgtool
+    command writing OUT, is refused at once."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise MgtoolError(f"{paths.out}: another mgtool run is writing it now; wait for it to finish "
+        with hold_lock(lock_path(paths.out), str(paths.out)):
+            yield
+    except Busy as e:
+        raise MgtoolError(f"{paths.out}: another mgtool run is writing it now ({e}); wait for it to finish "
                           "or choose another -o") from None
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
 
 
 def remove_stale_temporaries(paths: RunPaths) -> list[Path]:

@@ -23,12 +23,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mgtool.checkpoint import make_parent
 from mgtool.data import DataConfig, dataset_info, normaliser, resolve_config, train_loader
 from mgtool.data.fingerprint import changed_files, data_fingerprint, describe_changes
 from mgtool.data.loaders import seed_for
 from mgtool.errors import MgtoolError, check_range
 from mgtool.flops import flops_per_training_sample
+from mgtool.safe_write import make_parent
 from mgtool.train.distributed import DistEnv, all_reduce_sum, any_rank, barrier, init_distributed, shutdown
 from mgtool.train.evaluate import EvalResult, check_model_fits, evaluate, resolve_precision
 from mgtool.train.lineage import Lineage
