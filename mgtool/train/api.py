@@ -158,7 +158,7 @@ def evaluate_checkpoint(src: Path | str, data: DataConfig, *, split: str = "test
     bf16 = resolve_precision(precision, dev)
     model.to(dev)
     result = evaluate(model, data, split=split, limit=limit, batch_size=batch_size, device=dev,
-                      bf16=bf16, channels_last=dev.type == "cuda", workers=workers)
+                      bf16=bf16, channels_last=dev.type == "cuda", workers=workers, finite=True)
     return {"checkpoint": str(src), "kind": meta.kind, "arch": meta.arch.to_dict(),
             "data": data.to_dict(), "split": "test" if split == "val" else split,
             "precision": "bf16" if bf16 else "fp32", **result.to_dict(),
