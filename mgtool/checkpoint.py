@@ -6,7 +6,7 @@ tensor is loaded; tensors are then checked strictly against the model they belon
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mgtool import meta_json
 from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.errors import MgtoolError, first_line
 from mgtool.plan import TemplatePlan
@@ -58,7 +59,10 @@ class Flops:
     @classmethod
     def from_dict(cls, data: Any) -> Flops:
         _only_keys(data, {"training", "given"}, "flops")
-        return cls(float(data.get("training", 0.0)), float(data.get("given", 0.0)))
+        flops = cls(float(data.get("training", 0.0)), float(data.get("given", 0.0)))
+        if not all(math.isfinite(v) and v >= 0 for v in (flops.training, flops.given)):
+            raise ValueError(f"flops must be finite and >= 0, got {flops.to_dict()}")
+        return flops
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,9 @@ class CheckpointMeta:
     training: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(
+    def to_json(self, where: str = "metadata") -> str:
+        """Strict, finite JSON (a NaN or Inf anywhere is an error naming it)."""
+        return meta_json.dumps(
             {
                 "format_version": self.format_version,
                 "kind": str(self.kind),
@@ -85,15 +90,12 @@ class CheckpointMeta:
                 "data": self.data,
                 "training": self.training,
             },
-            sort_keys=True,
+            where,
         )
 
     @classmethod
     def from_json(cls, text: str, path: Path | str = "<memory>") -> CheckpointMeta:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise MgtoolError(f"{path}: mgtool metadata is not valid JSON ({e})") from None
+        data = meta_json.loads(text, str(path))
         try:
             _only_keys(
                 data,
@@ -126,7 +128,7 @@ class CheckpointMeta:
         except MgtoolError as e:
             msg = str(e)
             raise MgtoolError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise MgtoolError(f"{path}: malformed mgtool metadata ({type(e).__name__}: {e})") from None
 
 
@@ -306,5 +308,6 @@ def save_checkpoint(path: Path | str, tensors: dict[str, Tensor], meta: Checkpoi
             value = value.clone()
         storages.add(value.untyped_storage().data_ptr())
         clean[key] = value
-    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={METADATA_KEY: meta.to_json()}), force=force)
+    text = meta.to_json(str(path))
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={METADATA_KEY: text}), force=force)
     return path

@@ -10,13 +10,15 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from mgtool.errors import MgtoolError, SettingError, first_line
@@ -76,6 +78,33 @@ def handle_errors(func: F) -> F:
         raise typer.Exit(failure[1])
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineUsageGroup(TyperGroup):
+    """The ``mgtool`` group: every click usage error (a parse error, an unknown option, a
+    missing argument, a bad value) is mgtool's one line on stderr, exit 2, never click's box."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> typer.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _one_line_usage() -> Iterator[None]:
+    # typer vendors click; its exceptions share the public base TyperException.
+    try:
+        yield
+    except TyperException as e:
+        if type(e).__name__ == "NoArgsIsHelpError" or not hasattr(e, "format_message"):
+            raise  # `mgtool` alone prints the help
+        ctx = getattr(e, "ctx", None)
+        where, hint = (f"{ctx.command_path}: ", f"; see {ctx.command_path} --help") if ctx is not None else ("", "")
+        _report(f"error: {where}{e.format_message().rstrip('.')}{hint}")
+        raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
 
 def check_arch(name: str | None) -> None:
@@ -153,10 +182,22 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not key:
             raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--opt")
         try:
-            options[key] = json.loads(value)
+            options[key] = json.loads(value, parse_constant=_not_finite, parse_float=_finite)
         except json.JSONDecodeError:
             options[key] = value
+        except ValueError:
+            raise typer.BadParameter(f"{pair!r}: {value} is not a finite number", param_hint="--opt") from None
     return options
+
+
+def _not_finite(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _finite(text: str) -> float:
+    if not math.isfinite(value := float(text)):
+        raise ValueError(text)
+    return value
 
 
 def arch_spec(
