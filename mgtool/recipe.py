@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -346,6 +347,13 @@ class _RecipeLoader(yaml.SafeLoader):
                         key_node.start_mark)
                 seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 reads 1e30 (no dot) as a string; recipes read it as the number YAML 1.2 and JSON mean.
+# add_implicit_resolver copies the resolver table into the subclass: SafeLoader is untouched.
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _count_nodes(node: Any, sizes: dict[int, int], total: list[int]) -> int:
