@@ -6,7 +6,6 @@ import functools
 import json
 import math
 import os
-import re
 import sys
 import traceback
 import warnings
@@ -16,19 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from mgtool.errors import MgtoolError, SettingError, first_line
+from mgtool.sanitize import escape, safe_console
 
 if TYPE_CHECKING:
     from mgtool.archs import ArchSpec
 
 # User text (paths, metadata) is printed literally: no rich markup, no highlighting.
-console = Console(stderr=True, markup=False, highlight=False)
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+console = safe_console()
 
 # Options that mean the same in every command that writes one checkpoint.
 SrcArg = Annotated[Path, typer.Argument(help="Input checkpoint.", show_default=False)]
@@ -146,12 +144,12 @@ def _replay(caught: list[warnings.WarningMessage]) -> None:
 
 
 def _report(message: str) -> None:
-    sys.stderr.write(_ANSI.sub("", message).replace("\n", " ") + "\n")
+    sys.stderr.write(escape(message.replace("\n", " ")) + "\n")
 
 
 def done(word: str, rest: str) -> None:
     """``word`` in green, then ``rest`` (user text, printed literally) on stderr."""
-    console.print(Text.assemble((word, "green"), " ", rest), soft_wrap=True)
+    console.print(Text.assemble((word, "green"), " ", escape(rest)), soft_wrap=True)
 
 
 def strict_json(value: Any) -> Any:
@@ -171,7 +169,7 @@ def emit(path: Any, payload: dict[str, Any], as_json: bool) -> None:
         payload = strict_json(json.loads(json.dumps(payload, default=str)))
         sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")
     else:
-        sys.stdout.write(f"{path}\n")
+        sys.stdout.write(f"{escape(str(path))}\n")
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
