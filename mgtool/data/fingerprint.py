@@ -17,13 +17,23 @@ FILES_SHOWN = 3
 
 
 def data_fingerprint(cfg: DataConfig) -> dict[str, str]:
-    """``{file: sha256 or "size=N mtime_ns=T"}`` of every file ``cfg`` reads; {} for generated data."""
+    """``{file: sha256 or "size=N mtime_ns=T"}`` of every file ``cfg`` reads, each named relative
+    to the data set's folder (a moved folder with the same files is the same data); {} for
+    generated data."""
     cfg = resolve_config(cfg)
-    files = get_dataset(cfg.name).data_files(cfg)
-    stats = {p: p.stat() for p in files}
+    dataset = get_dataset(cfg.name)
+    folder = dataset.locate(cfg)
+    stats = {p: p.stat() for p in dataset.data_files(cfg)}
     hashed = sum(s.st_size for s in stats.values()) <= HASH_LIMIT
-    return {str(p): _sha256(p) if hashed else f"size={s.st_size} mtime_ns={s.st_mtime_ns}"
+    return {_name(p, folder): _sha256(p) if hashed else f"size={s.st_size} mtime_ns={s.st_mtime_ns}"
             for p, s in stats.items()}
+
+
+def _name(path: Path, folder: Path | None) -> str:
+    try:
+        return str(path.relative_to(folder)) if folder is not None else str(path)
+    except ValueError:
+        return str(path)
 
 
 def _sha256(path: Path) -> str:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mgtool.data import DataConfig, dataset_info, normaliser, resolve_config, train_loader
+from mgtool.data import DataConfig, data_source, dataset_info, normaliser, resolve_config, train_loader
 from mgtool.data.fingerprint import changed_files, data_fingerprint, describe_changes
 from mgtool.data.loaders import seed_for
 from mgtool.errors import MgtoolError, check_range
@@ -175,9 +175,10 @@ class Trainer:
         files = saved_files(state, self.paths.state)
         changed = [] if files is None else changed_files(files, self.data_files)
         if changed and not force:
+            folder = data_source(self.data, "train").path
             raise MgtoolError(f"{self.paths.state}: the data changed since this run started "
-                              f"({describe_changes(changed)}); restore the data, or pass --force with --resume "
-                              "to continue on the new data")
+                              f"({describe_changes(changed)} in {folder}); restore the data, or pass --force "
+                              "with --resume to continue on the new data")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         check_loaded(self.optimizer, self.paths.state)
