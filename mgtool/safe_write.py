@@ -38,7 +38,11 @@ _SLACK = 1 << 20  # bytes: a write that failed this close to a limit ran into it
 
 
 class Busy(MgtoolError):
-    """Another process holds the lock."""
+    """Another process holds the lock; ``holder`` is its pid as the lock file says ("?" if unknown)."""
+
+    def __init__(self, message: str, holder: str = "?"):
+        super().__init__(message)
+        self.holder = holder
 
 
 def lock_path(out: Path) -> Path:
@@ -80,7 +84,7 @@ def hold_lock(lock_file: Path, what: str) -> Iterator[None]:
             holder = _holder(fd)
             os.close(fd)
             raise Busy(f"{what}: in use by another process (pid {holder}); wait for it to end "
-                       "or choose another output") from None
+                       "or choose another output", holder) from None
         if _identity(lock_file) == (st.st_dev, st.st_ino):
             break
         os.close(fd)  # its holder removed it between our open and our lock: take the new one
@@ -157,25 +161,28 @@ def check_target(path: Path | str, force: bool, inputs: Iterable[Path | str] = (
     inode), an existing one without ``force``, or one whose lock another process holds; create
     its folder."""
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise MgtoolError(f"{path}: cannot be the output ({e.strerror})") from None
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise MgtoolError(f"{path}: is a directory; give a file name such as {path / 'model.safetensors'}")
-        if not stat.S_ISREG(st.st_mode):
-            raise MgtoolError(f"{path}: is not a regular file (a device, FIFO or socket); mgtool never replaces "
-                              "one, even with --force; choose another -o")
-        check_not_an_input(path, inputs)
-        if not force:
-            raise MgtoolError(f"{path}: already exists; pass --force to overwrite it")
+    _check_existing(path, force, inputs)
     make_parent(path)
     with output_lock(path):
         pass
     return path
+
+
+def _check_existing(path: Path, force: bool, inputs: Iterable[Path | str | None] = ()) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise MgtoolError(f"{path}: cannot be the output ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MgtoolError(f"{path}: is a directory; give a file name such as {path / 'model.safetensors'}")
+    if not stat.S_ISREG(st.st_mode):
+        raise MgtoolError(f"{path}: is not a regular file (a device, FIFO or socket); mgtool never replaces "
+                          "one, even with --force; choose another -o")
+    check_not_an_input(path, inputs)
+    if not force:
+        raise MgtoolError(f"{path}: already exists; pass --force to overwrite it")
 
 
 def write_file(path: Path | str, write: Callable[[str], Any], *, force: bool) -> Path:
@@ -183,7 +190,8 @@ def write_file(path: Path | str, write: Callable[[str], Any], *, force: bool) ->
     (see the module docstring). A file that is replaced keeps its mode; a new one gets the
     usual mode (0666 less the umask)."""
     path = Path(path)
-    check_target(path, force)
+    _check_existing(path, force)
+    make_parent(path)
     with output_lock(path):
         remove_stale_tmp(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -243,27 +251,28 @@ def _no_space_reason(e: Exception, tmp: str) -> str | None:
 
 
 def _publish(tmp: str, path: Path, force: bool) -> None:
-    st = os.stat(path) if os.path.lexists(path) and os.path.exists(path) else None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise MgtoolError(f"{path}: became a non-regular file while mgtool wrote it; nothing replaced")
+    _check_existing(path, force=True)  # again: it may have become a FIFO, a device or a folder meanwhile
     if force:
         os.replace(tmp, path)
         return
-    appeared = MgtoolError(f"{path}: appeared while mgtool was writing it; nothing replaced "
-                           "(pass --force to overwrite it)")
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise appeared from None
+        raise _appeared(path) from None
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         if not _rename_noreplace(tmp, path):  # a file system without hard links
             if os.path.lexists(path):
-                raise appeared from None
+                raise _appeared(path) from None
             os.replace(tmp, path)
         return
     os.unlink(tmp)
+
+
+def _appeared(path: Path) -> MgtoolError:
+    return MgtoolError(f"{path}: appeared while mgtool was writing it; nothing replaced (pass --force to "
+                       "overwrite it)")
 
 
 def _rename_noreplace(src: str, dst: Path) -> bool:
@@ -278,8 +287,7 @@ def _rename_noreplace(src: str, dst: Path) -> bool:
         return True
     err = ctypes.get_errno()
     if err == errno.EEXIST:
-        raise MgtoolError(f"{dst}: appeared while mgtool was writing it; nothing replaced "
-                          "(pass --force to overwrite it)")
+        raise _appeared(dst)
     if err in (errno.EINVAL, errno.ENOSYS):
         return False
     raise OSError(err, os.strerror(err), str(dst))

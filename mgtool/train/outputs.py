@@ -31,8 +31,8 @@ def output_lock(paths: RunPaths) -> Iterator[None]:
         with hold_lock(lock_path(paths.out), str(paths.out)):
             yield
     except Busy as e:
-        raise MgtoolError(f"{paths.out}: another mgtool run is writing it now ({e}); wait for it to finish "
-                          "or choose another -o") from None
+        raise MgtoolError(f"{paths.out}: another mgtool run (pid {e.holder}) is writing it now; wait for it to "
+                          "finish or choose another -o") from None
 
 
 def remove_stale_temporaries(paths: RunPaths) -> list[Path]:
