@@ -274,10 +274,11 @@ def _few(keys: list[str], n: int = 4) -> str:
     return "[" + ", ".join(keys[:n]) + "]" + more
 
 
-def check_output_path(path: Path | str, force: bool, inputs: Iterable[Path | str] = ()) -> Path:
+def check_output_path(path: Path | str, force: bool, inputs: Iterable[Path | str] = (), *,
+                      lock: bool = True) -> Path:
     """Refuse an output that exists (without ``force``), is not a regular file, is one of
     ``inputs`` or is locked by a running training; create its folder (``safe_write.check_target``)."""
-    return check_target(path, force, inputs)
+    return check_target(path, force, inputs, lock=lock)
 
 
 def atomic_write(path: Path, write: Any, *, force: bool = True) -> None:

@@ -156,15 +156,16 @@ def check_not_an_input(path: Path | str, inputs: Iterable[Path | str | None]) ->
                               "the output must differ from every input")
 
 
-def check_target(path: Path | str, force: bool, inputs: Iterable[Path | str] = ()) -> Path:
+def check_target(path: Path | str, force: bool, inputs: Iterable[Path | str] = (), *, lock: bool = True) -> Path:
     """Refuse an output that is not a regular file (even with ``force``), one of ``inputs`` (by
-    inode), an existing one without ``force``, or one whose lock another process holds; create
-    its folder."""
+    inode), an existing one without ``force``, or (``lock``) one whose lock another process
+    holds; create its folder. ``lock=False`` is for DDP ranks that never write."""
     path = Path(path)
     _check_existing(path, force, inputs)
     make_parent(path)
-    with output_lock(path):
-        pass
+    if lock:
+        with output_lock(path):
+            pass
     return path
 
 

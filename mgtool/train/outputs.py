@@ -52,12 +52,13 @@ def previous_files(paths: RunPaths) -> list[Path]:
     return [p for p in (paths.state, paths.metrics) if p.exists()] + [p for _, p in paths.epoch_files()]
 
 
-def prepare_output(paths: RunPaths, *, resume: bool, force: bool) -> dict[str, Any] | None:
-    """Apply the resume/overwrite rules; returns the resume state to continue from, if any."""
+def prepare_output(paths: RunPaths, *, resume: bool, force: bool, main: bool = True) -> dict[str, Any] | None:
+    """Apply the resume/overwrite rules; returns the resume state to continue from, if any.
+    ``main``: this process writes (and holds the output's lock); other DDP ranks only read."""
     out = paths.out
     if paths.state.exists():
         if resume:
-            check_output_path(out, force=True)
+            check_output_path(out, force=True, lock=main)
             return load_state(paths.state)
         if not force:
             raise MgtoolError(f"{paths.state}: an interrupted run of {out} left its resume state here; "
@@ -65,7 +66,7 @@ def prepare_output(paths: RunPaths, *, resume: bool, force: bool) -> dict[str, A
     elif resume and out.exists():
         raise MgtoolError(f"{out}: nothing to resume (no {paths.state.name} beside it: the run finished); "
                           "pass --force without --resume to train again")
-    check_output_path(out, force)
+    check_output_path(out, force, lock=main)
     leftovers = previous_files(paths)
     if leftovers and not force:
         raise MgtoolError(f"{leftovers[0]}: left by an earlier run of {out}; pass --force to replace it")

@@ -336,7 +336,7 @@ def fit(model: nn.Module, lineage: Lineage, data: DataConfig, train: TrainConfig
         with output_lock(paths) if env.is_main else nullcontext():
             if env.is_main:
                 remove_stale_temporaries(paths)
-            state = prepare_output(paths, resume=resume, force=force)
+            state = prepare_output(paths, resume=resume, force=force, main=env.is_main)
             if state is None and resume:
                 Reporter(quiet=runtime.quiet, main=env.is_main).note(
                     f"no resume state at {paths.state}; starting a fresh run")
