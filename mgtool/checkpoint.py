@@ -23,7 +23,7 @@ from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.errors import MgtoolError, first_line
 from mgtool.plan import TemplatePlan
 from mgtool.provenance import Provenance
-from mgtool.safe_write import check_target, write_file
+from mgtool.safe_write import check_input_file, check_target, write_file
 
 FORMAT_VERSION = 1
 METADATA_KEY = "mgtool"
@@ -141,10 +141,7 @@ def _only_keys(data: Any, allowed: set[str], what: str) -> None:
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise MgtoolError(f"{path}: no such file")
-    if path.is_dir():
-        raise MgtoolError(f"{path}: is a directory, expected a checkpoint file")
+    check_input_file(path, "a checkpoint file")
 
 
 def read_raw_metadata(path: Path) -> dict[str, str] | None:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from mgtool.errors import MgtoolError, first_line
+from mgtool.safe_write import check_input_file
 from mgtool.train.settings import TrainSettings as TrainSection  # one source: the CLI options' dataclass
 
 RECIPE_VERSION = 1
@@ -381,6 +382,8 @@ def safe_load(text: str) -> Any:
 
 def read_recipe_text(path: Path | str) -> str:
     path = Path(path)
+    if path.exists():
+        check_input_file(path, "a recipe file")  # a FIFO would block the read
     try:
         return path.read_text()
     except FileNotFoundError:

@@ -146,6 +146,20 @@ def make_parent(path: Path) -> None:
         raise MgtoolError(f"{path.parent}: cannot create the output folder ({e.strerror or e})") from None
 
 
+def check_input_file(path: Path, what: str = "a checkpoint file") -> None:
+    """An input must be a regular file: reading a FIFO or a device would block or never end."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MgtoolError(f"{path}: no such file") from None
+    except OSError as e:
+        raise MgtoolError(f"{path}: cannot read it ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MgtoolError(f"{path}: is a directory, expected {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise MgtoolError(f"{path}: is not a regular file (a FIFO, device or socket), expected {what}")
+
+
 def check_not_an_input(path: Path | str, inputs: Iterable[Path | str | None]) -> None:
     """Refuse an output that is one of ``inputs``: the same file by inode, so hard and
     symbolic links are caught as well as equal paths."""

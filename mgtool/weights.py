@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mgtool.checkpoint import check_finite, read_raw_metadata, read_tensors
 from mgtool.errors import MgtoolError, first_line
+from mgtool.safe_write import check_input_file
 
 NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 PREFIXES = ("module.", "_orig_mod.")
@@ -68,8 +69,7 @@ def read_plain_weights(path: Path | str) -> dict[str, Tensor]:
         read_raw_metadata(path)  # validates the header with a clear error first
         sd: Any = read_tensors(path)
     else:
-        if not path.exists():
-            raise MgtoolError(f"{path}: no such file")
+        check_input_file(path, "a checkpoint file")
         sd = torch_load(path, "is it truncated, or not a checkpoint?")
     if not isinstance(sd, dict):
         raise MgtoolError(f"{path}: holds a {type(sd).__name__}, not a state dict")

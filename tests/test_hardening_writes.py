@@ -165,3 +165,16 @@ def test_stale_zero_byte_temporaries_of_an_output_are_removed(tm, tmp_path):
     other.write_bytes(b"")
     assert _run("export", tm, "-o", out).exit_code == 0
     assert not stale.exists() and other.exists()
+
+
+@pytest.mark.parametrize("command", ["info", "convert", "run"])
+def test_a_fifo_as_input_is_refused_not_read(tmp_path, command):
+    fifo = tmp_path / "in.pipe"
+    os.mkfifo(fifo)
+    args = {"info": ["info", fifo], "convert": ["convert", fifo, "--arch", "tiny-cnn", "--width", "1", "-o",
+                                                tmp_path / "o.safetensors"],
+            "run": ["run", fifo, "-o", tmp_path / "run"]}[command]
+    r = subprocess.run([sys.executable, "-m", "mgtool", *map(str, args)], capture_output=True, text=True,
+                       timeout=120)  # before the fix the read blocked for ever
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "is not a regular file" in lines[0], r.stderr
