@@ -218,3 +218,13 @@ def test_recipes_read_1e30_as_a_number():
 
     assert safe_load("a: 1e30\nb: 1.0e30\nc: -2E-3\nd: 1e\n") == {"a": 1e30, "b": 1e30, "c": -2e-3, "d": "1e"}
     assert parse_override("fuse.init_scale=1e30") == (["fuse", "init_scale"], 1e30)
+
+
+def test_replayed_warnings_are_escaped(capsys):
+    import warnings
+
+    from mgtool.cli.common import _replay
+
+    _replay([warnings.WarningMessage("from x\x1b]0;title\x07", UserWarning, "f.py", 1)])
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;title\\x07" in err

@@ -140,7 +140,7 @@ def usage_error(message: str) -> typer.Exit:
 
 def _replay(caught: list[warnings.WarningMessage]) -> None:
     for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        warnings.showwarning(escape(str(w.message)), w.category, w.filename, w.lineno)  # type: ignore[arg-type]
 
 
 def _report(message: str) -> None:
