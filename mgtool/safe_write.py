@@ -1,9 +1,10 @@
 """The one way mgtool writes a file (see docs/guide-safety.md).
 
-``write_file`` refuses a target that is not a regular file (a device node, FIFO, socket or
-folder), even with ``--force``; refuses an output that is one of the command's inputs, by
-inode, so a hard link is caught too; holds the output's ``.STEM.lock`` (the lock a training
-run holds for its whole run) while it writes; writes a temporary file beside the target; and
+``check_target`` (when a command starts) and ``write_file`` (when it writes) refuse a target
+that is not a regular file (a device node, FIFO, socket or folder), even with ``--force``;
+``check_target`` refuses an output that is one of the command's inputs, by inode, so a hard
+link is caught too. ``write_file`` holds the output's ``.STEM.lock`` (the lock a training run
+holds for its whole run) while it writes; writes a temporary file beside the target; and
 publishes it with a no-clobber step (a hard link, or ``renameat2(RENAME_NOREPLACE)``), so a
 file that appeared meanwhile is never replaced without ``--force``. A full disk or a file
 size limit (``ulimit -f``) is an error naming the file.
