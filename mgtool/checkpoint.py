@@ -6,10 +6,8 @@ tensor is loaded; tensors are then checked strictly against the model they belon
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -20,10 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mgtool import meta_json
 from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.errors import MgtoolError, first_line
 from mgtool.plan import TemplatePlan
 from mgtool.provenance import Provenance
+from mgtool.safe_write import check_input_file, check_target, write_file
 
 FORMAT_VERSION = 1
 METADATA_KEY = "mgtool"
@@ -59,7 +59,10 @@ class Flops:
     @classmethod
     def from_dict(cls, data: Any) -> Flops:
         _only_keys(data, {"training", "given"}, "flops")
-        return cls(float(data.get("training", 0.0)), float(data.get("given", 0.0)))
+        flops = cls(float(data.get("training", 0.0)), float(data.get("given", 0.0)))
+        if not all(math.isfinite(v) and v >= 0 for v in (flops.training, flops.given)):
+            raise ValueError(f"flops must be finite and >= 0, got {flops.to_dict()}")
+        return flops
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,9 @@ class CheckpointMeta:
     training: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(
+    def to_json(self, where: str = "metadata") -> str:
+        """Strict, finite JSON (a NaN or Inf anywhere is an error naming it)."""
+        return meta_json.dumps(
             {
                 "format_version": self.format_version,
                 "kind": str(self.kind),
@@ -86,15 +90,12 @@ class CheckpointMeta:
                 "data": self.data,
                 "training": self.training,
             },
-            sort_keys=True,
+            where,
         )
 
     @classmethod
     def from_json(cls, text: str, path: Path | str = "<memory>") -> CheckpointMeta:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise MgtoolError(f"{path}: mgtool metadata is not valid JSON ({e})") from None
+        data = meta_json.loads(text, str(path))
         try:
             _only_keys(
                 data,
@@ -127,7 +128,7 @@ class CheckpointMeta:
         except MgtoolError as e:
             msg = str(e)
             raise MgtoolError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise MgtoolError(f"{path}: malformed mgtool metadata ({type(e).__name__}: {e})") from None
 
 
@@ -140,10 +141,7 @@ def _only_keys(data: Any, allowed: set[str], what: str) -> None:
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise MgtoolError(f"{path}: no such file")
-    if path.is_dir():
-        raise MgtoolError(f"{path}: is a directory, expected a checkpoint file")
+    check_input_file(path, "a checkpoint file")
 
 
 def read_raw_metadata(path: Path) -> dict[str, str] | None:
@@ -273,51 +271,16 @@ def _few(keys: list[str], n: int = 4) -> str:
     return "[" + ", ".join(keys[:n]) + "]" + more
 
 
-def check_output_path(path: Path | str, force: bool) -> Path:
-    """Refuse an existing output without ``force``; create the output folder (and its parents)."""
-    path = Path(path)
-    if path.is_dir():
-        raise MgtoolError(f"{path}: is a directory; give a file name such as {path / 'model.safetensors'}")
-    if path.exists() and not force:
-        raise MgtoolError(f"{path}: already exists; pass --force to overwrite it")
-    make_parent(path)
-    return path
+def check_output_path(path: Path | str, force: bool, inputs: Iterable[Path | str] = (), *,
+                      lock: bool = True) -> Path:
+    """Refuse an output that exists (without ``force``), is not a regular file, is one of
+    ``inputs`` or is locked by a running training; create its folder (``safe_write.check_target``)."""
+    return check_target(path, force, inputs, lock=lock)
 
 
-def make_parent(path: Path) -> None:
-    """Create ``path``'s folder and its parents; a clear error if that is impossible."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise MgtoolError(f"{path.parent}: cannot be the output folder (a part of it is a file)") from None
-    except OSError as e:
-        raise MgtoolError(f"{path.parent}: cannot create the output folder ({e.strerror or e})") from None
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename over it.
-
-    A file that is replaced keeps its mode; a new one gets the usual mode (0666 less the umask)."""
-    make_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()  # mkstemp makes 0600
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def atomic_write(path: Path, write: Any, *, force: bool = True) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then publish it (``safe_write.write_file``)."""
+    write_file(path, write, force=force)
 
 
 def check_finite(tensors: dict[str, Tensor], where: Path | str) -> None:
@@ -343,5 +306,6 @@ def save_checkpoint(path: Path | str, tensors: dict[str, Tensor], meta: Checkpoi
             value = value.clone()
         storages.add(value.untyped_storage().data_ptr())
         clean[key] = value
-    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={METADATA_KEY: meta.to_json()}))
+    text = meta.to_json(str(path))
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={METADATA_KEY: text}), force=force)
     return path

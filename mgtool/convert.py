@@ -128,7 +128,7 @@ def convert(
     """
     src = Path(src)
     if out is not None:
-        check_output_path(out, force)
+        check_output_path(out, force, inputs=[src])
     parent_flops = 0.0
     raw = read_raw_metadata(src) if src.suffix == ".safetensors" else None
     if raw and METADATA_KEY in raw:

@@ -67,6 +67,18 @@ def check_range(field: str, value: Any, *, low: float | None = None, high: float
     return value
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for a mistyped ``name``: close spellings, or an abbreviation of a
+    hyphenated name (``fmnist`` for ``fashion-mnist``); empty if nothing is close."""
+    import difflib
+
+    allowed = list(choices)
+    short = [c for c in allowed if "-" in c and "".join(p[0] for p in c.split("-")[:-1]) + c.split("-")[-1] == name]
+    close = difflib.get_close_matches(name, allowed, n=3, cutoff=0.6)
+    found = list(dict.fromkeys(short + close))[:3]
+    return f" (did you mean {' or '.join(found)}?)" if found else ""
+
+
 def first_line(error: BaseException, limit: int = 200) -> str:
     """An exception's first message line (its type name if it has none), for one-line errors."""
     lines = str(error).strip().splitlines()

@@ -27,7 +27,7 @@ def export(src: Path | str, out: Path | str, *, force: bool = False) -> ExportRe
     """Materialise every generated weight; the result loads strictly into the family's
     own model (for timm families, ``timm.create_model(name, **width_kwargs)``)."""
     src = Path(src)
-    check_output_path(out, force)
+    check_output_path(out, force, inputs=[src])
     model, meta = load_checkpoint(src)
     if not isinstance(model, TemplateMixingNet):
         raise MgtoolError(f"{src}: already a plain checkpoint; nothing to export")

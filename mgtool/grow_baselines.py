@@ -34,7 +34,7 @@ from mgtool.archs import ArchSpec, build_plain, get_family, grow_spec, resolve_s
 from mgtool.archs.widening import zero_sum_noise
 from mgtool.channel_spaces import ChannelSpaces, channel_spaces, space_sizes
 from mgtool.checkpoint import CheckpointMeta, check_output_path, read_meta, save_checkpoint
-from mgtool.errors import MgtoolError, check_choice, check_range
+from mgtool.errors import MgtoolError, SettingError, check_choice, check_range
 from mgtool.loading import load_checkpoint
 from mgtool.provenance import Parent, new_provenance, sha256_file
 from mgtool.verify import LogitCheck, VerifiedResult, compare_logits, require_preserved
@@ -209,9 +209,9 @@ def grow(
     if noise > 0 and method not in PRESERVING:
         raise MgtoolError(f"--noise applies to {' and '.join(PRESERVING)} growth, not to {method}")
     if factor < 2:
-        raise MgtoolError(f"--factor must be at least 2, got {factor}")
+        raise SettingError("factor", f"must be at least 2, got {factor}")
     if out is not None:
-        check_output_path(out, force)
+        check_output_path(out, force, inputs=[src])
     meta_in = read_meta(src)
     if meta_in.kind != "plain":
         raise MgtoolError(

@@ -42,7 +42,7 @@ from mgtool.recipe import Recipe, TrainSection
 from mgtool.run_summary import PLOT_FILE, Summary, growth_report, stage_rows
 from mgtool.runner import Ledger, Stage, StageOutcome
 from mgtool.scratch import train_plain
-from mgtool.subset import write_subset
+from mgtool.subset import check_apart, write_subset
 from mgtool.templates import fresh_template_mixing
 from mgtool.train import Runtime, evaluate_checkpoint, finetune, train_small
 from mgtool.train.api import like_seed, require_small_template_mixing
@@ -107,6 +107,7 @@ class Pipeline(PipelinePlan):
             self.data = source
             return
         folder = self.dir / "data"
+        check_apart(source, folder)  # before any claim: the source's files are never the runner's
         existing = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
         self.ledger.claim(*existing)
         write_subset(source, folder, train_size=d.subset.train, test_size=d.subset.test, seed=d.subset.seed)

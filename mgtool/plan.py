@@ -11,6 +11,7 @@ first layer, 1 x g for the classifier) over banks of g sets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,9 @@ from torch import nn
 from mgtool.errors import MgtoolError, check_choice
 
 SHARE_MODES = ("pairs", "none")
+
+
+MAX_BANK_VALUES = 2**40  # more values than any real template bank: a crafted size, refused
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,8 @@ class TemplatePlan:
         if len(set(layer_names)) != len(layer_names):
             raise MgtoolError("template plan: a layer is listed twice")
         for b in self.banks:
-            if b.sets < 1 or b.templates_per_set < 1 or len(b.tile_shape) < 2:
+            if (b.sets < 1 or b.templates_per_set < 1 or len(b.tile_shape) < 2 or min(b.tile_shape) < 1
+                    or math.prod(b.shape) > MAX_BANK_VALUES):
                 raise MgtoolError(f"template plan: bank {b.name} has an invalid shape {b.shape}")
         for layer in self.layers:
             if layer.bank not in names:

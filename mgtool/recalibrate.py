@@ -75,9 +75,7 @@ def recalibrate_bn(src: Path | str, out: Path | str, data: DataConfig, *, sample
     src = Path(src)
     check_range("samples", samples, low=1)
     check_range("batch_size", batch_size, low=1)
-    out = check_output_path(out, force)
-    if out.resolve() == src.resolve():
-        raise MgtoolError(f"{out}: the output must differ from the input checkpoint")
+    out = check_output_path(out, force, inputs=[src])
     meta = read_meta(src)
     check_against_header(meta, src)  # sizes checked before anything is allocated, as load_checkpoint does
     tensors = read_tensors(src)  # kept as stored: every tensor but the BatchNorm buffers is written back as is

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from mgtool.errors import MgtoolError, SettingError
+from mgtool.safe_write import check_input_file
 
 
 def _type_name(tp: Any) -> str:
@@ -158,6 +160,13 @@ class _RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads 1e30 (no dot) as a string; recipes read it as the number YAML 1.2 and JSON mean.
+# add_implicit_resolver copies the resolver table into the subclass: SafeLoader is untouched.
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def _count_nodes(node: Any, sizes: dict[int, int], total: list[int]) -> int:
     """The node count of ``node`` with every alias expanded (memoised per node)."""
     known = sizes.get(id(node))
@@ -183,6 +192,8 @@ def safe_load(text: str) -> Any:
 
 def read_recipe_text(path: Path | str) -> str:
     path = Path(path)
+    if path.exists():
+        check_input_file(path, "a recipe file")  # a FIFO would block the read
     try:
         return path.read_text()
     except FileNotFoundError:

@@ -21,13 +21,10 @@ file (``.NAME.*.tmp``) are removed when the ledger is opened.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +32,10 @@ from typing import Any
 from mgtool.checkpoint import atomic_write
 from mgtool.errors import MgtoolError
 from mgtool.provenance import sha256_file
+from mgtool.safe_write import Busy, hold_lock
 
 LEDGER_FORMAT = "mgtool-runner/1"
-
-
-class FolderBusy(MgtoolError):
-    """Another process holds the lock."""
+FolderBusy = Busy  # another process holds the folder's lock
 
 
 def digest(obj: Any) -> str:
@@ -50,27 +45,6 @@ def digest(obj: Any) -> str:
 def fingerprint(name: str, config: dict[str, Any], inputs: dict[str, Path]) -> str:
     """What a stage's result depends on: its name, settings and input files' content."""
     return digest({"stage": name, "config": config, "inputs": {k: sha256_file(p) for k, p in sorted(inputs.items())}})
-
-
-@contextmanager
-def hold_lock(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_file`` (created if missing), or fail at once naming its holder.
-
-    ``what`` names the thing locked in the error. Reusable for one output of one command
-    (``hold_lock(out.with_name(f".{out.name}.lock"), str(out))``)."""
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise FolderBusy(f"{what}: in use by another process (pid {holder}); wait for it to end "
-                             "or choose another output") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,20 @@ def subset_indices(n: int, size: int, seed: int) -> torch.Tensor:
     return perm[:size].sort().values
 
 
+def check_apart(source: DataConfig, folder: Path | str) -> None:
+    """Data sets are inputs: refuse a subset folder that is, or lies inside or around, the
+    folder the source is read from (writing there would replace the source's files)."""
+    dataset = get_dataset(source.name)
+    located = dataset.locate(source)
+    if located is None:
+        return
+    src, dst = Path(located).resolve(), Path(folder).resolve()
+    if src == dst or src in dst.parents or dst in src.parents:
+        raise MgtoolError(f"{folder}: the subset would be written into {located}, where {source.name} is read "
+                          "from, and replace its files; choose another output folder (-o), or keep the data "
+                          "elsewhere with --data-dir / data.dir")
+
+
 def write_subset(source: DataConfig, folder: Path | str, *, train_size: int, test_size: int,
                  seed: int = 0) -> Path:
     """Write a random ``train_size`` / ``test_size`` subset of ``source`` into ``folder``.
@@ -41,6 +55,7 @@ def write_subset(source: DataConfig, folder: Path | str, *, train_size: int, tes
         how = ("copy fewer images into a smaller train/ and val/ folder" if isinstance(dataset, FolderDataset)
                else "set its own size options (train_size, test_size) instead")
         raise MgtoolError(f"{source.name}: only data sets read from array files can be subset; {how}")
+    check_apart(source, folder)
     request = {"source": source.name, "source_dir": str(dataset.locate(source)), "train_size": train_size,
                "test_size": test_size, "seed": seed}
     marker = folder / _MARKER

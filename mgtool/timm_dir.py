@@ -20,10 +20,11 @@ from typing import Any
 
 from mgtool.archs import ArchSpec, input_size
 from mgtool.card import model_card
-from mgtool.checkpoint import CheckpointMeta, check_finite, check_keys, make_parent
+from mgtool.checkpoint import CheckpointMeta, check_finite, check_keys
 from mgtool.errors import MgtoolError, first_line
 from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
+from mgtool.safe_write import make_parent
 from mgtool.verify import LogitCheck, compare_logits, require_preserved
 
 TIMM_DIR_FILES = ("model.safetensors", "config.json", "README.md", "pytorch_model.bin")

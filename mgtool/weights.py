@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mgtool.checkpoint import read_raw_metadata, read_tensors
+from mgtool.checkpoint import check_finite, read_raw_metadata, read_tensors
 from mgtool.errors import MgtoolError, first_line
+from mgtool.safe_write import check_input_file
 
 NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 PREFIXES = ("module.", "_orig_mod.")
@@ -68,8 +69,7 @@ def read_plain_weights(path: Path | str) -> dict[str, Tensor]:
         read_raw_metadata(path)  # validates the header with a clear error first
         sd: Any = read_tensors(path)
     else:
-        if not path.exists():
-            raise MgtoolError(f"{path}: no such file")
+        check_input_file(path, "a checkpoint file")
         sd = torch_load(path, "is it truncated, or not a checkpoint?")
     if not isinstance(sd, dict):
         raise MgtoolError(f"{path}: holds a {type(sd).__name__}, not a state dict")
@@ -78,6 +78,7 @@ def read_plain_weights(path: Path | str) -> dict[str, Tensor]:
     except MgtoolError as e:
         raise MgtoolError(f"{path}: {e}") from None
     check_backed(tensors, path)
+    check_finite(tensors, path)  # a NaN running_var is named here, not as "logits differ by nan" later
     return tensors
 
 
@@ -85,6 +86,11 @@ def check_backed(tensors: dict[str, Tensor], where: Path | str) -> None:
     """Refuse tensors that claim more values than their memory holds (expanded, stride-0
     views): a few KB of file must not make shapes that drive later work."""
     for key, value in tensors.items():
+        odd = ("nested" if value.is_nested else "sparse" if value.layout != torch.strided else
+               "quantized" if value.is_quantized else "meta" if value.is_meta else None)
+        if odd is not None:
+            raise MgtoolError(f"{where}: tensor {key} is a {odd} tensor; mgtool reads dense tensors with real "
+                              "values: save t.to_dense() / t.dequantize() instead")
         needed = value.numel() * value.element_size()
         if needed and value.untyped_storage().nbytes() < needed:
             raise MgtoolError(f"{where}: tensor {key} of shape {tuple(value.shape)} is backed by only "

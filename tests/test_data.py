@@ -60,7 +60,7 @@ def test_names_and_duplicate_registration_refused():
 
 
 def test_unknown_dataset_and_options_refused():
-    with pytest.raises(MgtoolError, match="unknown data set 'cifar11'.*cifar10"):
+    with pytest.raises(MgtoolError, match="no known data set: 'cifar11'.*cifar10"):
         data_config("cifar11")
     with pytest.raises(MgtoolError, match="unknown data option"):
         data_config("synthetic", options={"colour": 1})

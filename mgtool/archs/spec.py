@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,13 +44,20 @@ class ArchSpec:
         missing = sorted({"name", "width", "num_classes"} - set(data))
         if missing:
             raise MgtoolError(f"architecture spec lacks keys {missing}")
-        return cls(
+        spec = cls(
             name=str(data["name"]),
             width=float(data["width"]),
             num_classes=int(data["num_classes"]),
             in_chans=int(data.get("in_chans", 3)),
             options=dict(data.get("options", {})),
         )
+        # Bounded at read time: a crafted width or class count must not drive the model builder.
+        if not (math.isfinite(spec.width) and 0 < spec.width <= 1e4):
+            raise MgtoolError(f"architecture width must be a finite number in (0, 10000], got {spec.width}")
+        if not (1 <= spec.num_classes <= 2**24 and 1 <= spec.in_chans <= 2**16):
+            raise MgtoolError(f"architecture has {spec.num_classes} classes and {spec.in_chans} input channels; "
+                              "both must be at least 1 (and below 2**24 and 2**16)")
+        return spec
 
     def describe(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))

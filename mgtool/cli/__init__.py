@@ -7,6 +7,7 @@ import os
 import typer
 
 from mgtool.cli import analysis_commands, core_commands, grow_commands, run_commands, train_commands
+from mgtool.cli.common import OneLineUsageGroup
 
 
 def _plain_argument_labels() -> None:
@@ -36,6 +37,7 @@ _plain_argument_labels()
 
 app = typer.Typer(
     name="mgtool",
+    cls=OneLineUsageGroup,
     help="Grow neural networks the MixtureGrowth way: convert -> train-small -> fuse -> finetune -> export.",
     no_args_is_help=True,
     add_completion=False,

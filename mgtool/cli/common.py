@@ -6,27 +6,27 @@ import functools
 import json
 import math
 import os
-import re
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from mgtool.errors import MgtoolError, SettingError, first_line
+from mgtool.sanitize import escape, safe_console
 
 if TYPE_CHECKING:
     from mgtool.archs import ArchSpec
 
 # User text (paths, metadata) is printed literally: no rich markup, no highlighting.
-console = Console(stderr=True, markup=False, highlight=False)
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+console = safe_console()
 
 # Options that mean the same in every command that writes one checkpoint.
 SrcArg = Annotated[Path, typer.Argument(help="Input checkpoint.", show_default=False)]
@@ -78,6 +78,33 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class OneLineUsageGroup(TyperGroup):
+    """The ``mgtool`` group: every click usage error (a parse error, an unknown option, a
+    missing argument, a bad value) is mgtool's one line on stderr, exit 2, never click's box."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> typer.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _one_line_usage() -> Iterator[None]:
+    # typer vendors click; its exceptions share the public base TyperException.
+    try:
+        yield
+    except TyperException as e:
+        if type(e).__name__ == "NoArgsIsHelpError" or not hasattr(e, "format_message"):
+            raise  # `mgtool` alone prints the help
+        ctx = getattr(e, "ctx", None)
+        where, hint = (f"{ctx.command_path}: ", f"; see {ctx.command_path} --help") if ctx is not None else ("", "")
+        _report(f"error: {where}{e.format_message().rstrip('.')}{hint}")
+        raise typer.Exit(getattr(e, "exit_code", 2)) from None
+
+
 def check_arch(name: str | None) -> None:
     """An unknown --arch is a usage error (exit 2)."""
     if name is None:
@@ -113,16 +140,16 @@ def usage_error(message: str) -> typer.Exit:
 
 def _replay(caught: list[warnings.WarningMessage]) -> None:
     for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        warnings.showwarning(escape(str(w.message)), w.category, w.filename, w.lineno)  # type: ignore[arg-type]
 
 
 def _report(message: str) -> None:
-    sys.stderr.write(_ANSI.sub("", message).replace("\n", " ") + "\n")
+    sys.stderr.write(escape(message.replace("\n", " ")) + "\n")
 
 
 def done(word: str, rest: str) -> None:
     """``word`` in green, then ``rest`` (user text, printed literally) on stderr."""
-    console.print(Text.assemble((word, "green"), " ", rest), soft_wrap=True)
+    console.print(Text.assemble((word, "green"), " ", escape(rest)), soft_wrap=True)
 
 
 def strict_json(value: Any) -> Any:
@@ -142,7 +169,7 @@ def emit(path: Any, payload: dict[str, Any], as_json: bool) -> None:
         payload = strict_json(json.loads(json.dumps(payload, default=str)))
         sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")
     else:
-        sys.stdout.write(f"{path}\n")
+        sys.stdout.write(f"{escape(str(path))}\n")
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -153,10 +180,22 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not key:
             raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--opt")
         try:
-            options[key] = json.loads(value)
+            options[key] = json.loads(value, parse_constant=_not_finite, parse_float=_finite)
         except json.JSONDecodeError:
             options[key] = value
+        except ValueError:
+            raise typer.BadParameter(f"{pair!r}: {value} is not a finite number", param_hint="--opt") from None
     return options
+
+
+def _not_finite(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _finite(text: str) -> float:
+    if not math.isfinite(value := float(text)):
+        raise ValueError(text)
+    return value
 
 
 def arch_spec(

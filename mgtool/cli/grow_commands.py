@@ -142,13 +142,16 @@ def fuse_cmd(
     Example: mgtool fuse net1.safetensors net2.safetensors --init-scale 0.25 -o grown.safetensors --json
     """
     options = parse_options(init_opt)
-    seen: dict[Path, Path] = {}
+    from mgtool.safe_write import file_identity
+
+    seen: dict[object, Path] = {}
     for src in sources:
-        same = seen.get(src.resolve())
+        key = file_identity(src) or src.resolve()  # by inode: a hard link is the same file
+        same = seen.get(key)
         if same is not None and not allow_same:
             raise usage_error(f"{src}: given twice (also as {same}); fusing a net with itself is rarely "
                               "meant: pass two different nets, or --allow-same")
-        seen[src.resolve()] = src
+        seen[key] = src
     from mgtool.fuse import fuse
 
     try:

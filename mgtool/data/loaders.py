@@ -164,6 +164,20 @@ class HostLoader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
+def checked_arrays(dataset: InMemoryDataset, cfg: DataConfig, split: str) -> Arrays:
+    """``dataset.arrays``, refused if a label is outside [0, classes): a crafted label file
+    must not reach cross-entropy (an index error on the CPU, a device assert on CUDA)."""
+    arrays = dataset.arrays(cfg, split)
+    classes = dataset.info(cfg).num_classes
+    labels = arrays.labels
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
+        where = dataset.locate(cfg) or cfg.name
+        raise MgtoolError(f"{where}: the {split} labels hold {bad}, but {cfg.name} has {classes} classes "
+                          f"(labels 0 to {classes - 1}); the label file is damaged or of another data set")
+    return arrays
+
+
 def train_loader(cfg: DataConfig, *, batch_size: int, device: torch.device | str, seed: int,
                  rank: int = 0, world: int = 1, loader: str = "auto",
                  workers: int | None = None) -> DeviceLoader | HostLoader:
@@ -178,7 +192,7 @@ def train_loader(cfg: DataConfig, *, batch_size: int, device: torch.device | str
     dataset = get_dataset(cfg.name)
     source: Arrays | TorchDataset
     if isinstance(dataset, InMemoryDataset):
-        source = dataset.arrays(cfg, "train")
+        source = checked_arrays(dataset, cfg, "train")
     else:
         assert isinstance(dataset, FolderDataset)
         if loader == "device":
@@ -223,7 +237,7 @@ def eval_batches(cfg: DataConfig, split: str = "test", limit: int | None = None,
     device = torch.device(device)
     norm = normaliser(cfg, channels_last)
     if isinstance(dataset, InMemoryDataset):
-        arrays = dataset.arrays(cfg, split)
+        arrays = checked_arrays(dataset, cfg, split)
         n = min(len(arrays), limit) if limit is not None else len(arrays)
         start, end = rank * n // world, (rank + 1) * n // world
         for i in range(start, end, batch_size):

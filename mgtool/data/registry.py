@@ -27,7 +27,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from mgtool.data.augment import Augment
 from mgtool.data.config import DataConfig
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, SettingError, did_you_mean
 
 DATA_DIR_ENV = "MGTOOL_DATA_DIR"
 SPLITS = ("train", "test")
@@ -75,6 +75,12 @@ class Dataset(ABC):
     def locate(self, cfg: DataConfig) -> Path | None:
         """The folder the data is read from; None for generated data."""
         return None
+
+    def data_files(self, cfg: DataConfig) -> list[Path]:
+        """The files the data is read from (resume checks them for changes): by default every
+        file under ``locate``'s folder."""
+        folder = self.locate(cfg)
+        return [] if folder is None else sorted(p for p in folder.rglob("*") if p.is_file())
 
     def augment(self, cfg: DataConfig) -> Augment:
         o = cfg.options
@@ -146,7 +152,8 @@ def get_dataset(name: str) -> Dataset:
     try:
         return _DATASETS[name]
     except KeyError:
-        raise MgtoolError(f"unknown data set {name!r}; known: {', '.join(sorted(_DATASETS))}") from None
+        raise SettingError("data", f"names no known data set: {name!r}{did_you_mean(name, _DATASETS)}; known: "
+                                   f"{', '.join(sorted(_DATASETS))}") from None
 
 
 def dataset_names() -> list[str]:
@@ -223,7 +230,7 @@ def not_found(name: str, what: str, looked: list[Path], cfg: DataConfig, hint: s
 def check_split(name: str, split: str) -> str:
     split = "test" if split == "val" else split
     if split not in SPLITS:
-        raise MgtoolError(f"{name}: unknown split {split!r}; use 'train' or 'test'")
+        raise SettingError("split", f"must be train, test or val, got {split!r} (data set {name})")
     return split
 
 

@@ -94,7 +94,7 @@ def fuse(
     fusion) within 1e-5 of the logit scale.
     """
     if out is not None:
-        check_output_path(out, force)
+        check_output_path(out, force, inputs=sources)
     settings = resolve_init(init, scale=init_scale, noise=noise, init_norm=init_norm, options=init_options)
     inputs = validate([Path(p) for p in sources], factor)  # every check, once
     if verify:

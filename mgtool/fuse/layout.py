@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from mgtool.archs import ArchSpec, build_plain, get_family, grow_spec, resolve_spec
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, SettingError
 from mgtool.model import TemplateMixingNet
 from mgtool.plan import LayerPlan, TemplatePlan, mixable_layers
 
@@ -210,7 +210,7 @@ def grown_plan(
 
 def check_factor(factor: int) -> int:
     if factor < 2:
-        raise MgtoolError(f"--factor must be at least 2, got {factor}")
+        raise SettingError("factor", f"must be at least 2, got {factor}")
     return factor
 
 

@@ -9,10 +9,12 @@ from typing import Any
 from mgtool.archs import ArchSpec, resolve_spec
 from mgtool.checkpoint import CheckpointMeta, Flops, check_output_path, read_meta, save_checkpoint
 from mgtool.data import DataConfig, data_source, dataset_info, resolve_config
-from mgtool.errors import MgtoolError
+from mgtool.data.registry import check_split
+from mgtool.errors import MgtoolError, check_range
 from mgtool.loading import load_checkpoint
 from mgtool.model import TemplateMixingNet
 from mgtool.provenance import Parent, sha256_file
+from mgtool.safe_write import check_not_an_input
 from mgtool.templates import fresh_template_mixing
 from mgtool.train.distributed import resolve_device
 from mgtool.train.evaluate import check_model_fits, evaluate, resolve_precision
@@ -40,9 +42,15 @@ def stored_data(path: Path | str) -> dict[str, Any] | None:
     return read_meta(path).data
 
 
-def stored_seed(meta: CheckpointMeta) -> int | None:
+def stored_seed(meta: CheckpointMeta, path: Path | str) -> int | None:
     recipe = (meta.training or {}).get("recipe")
-    return int(recipe["seed"]) if isinstance(recipe, dict) and "seed" in recipe else None
+    if not isinstance(recipe, dict) or "seed" not in recipe:
+        return None
+    seed = recipe["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise MgtoolError(f"{path}: training.recipe.seed is {str(seed)[:40]!r}, not a seed (an integer in [0, 2**63)); "
+                          "pass --seed")
+    return seed
 
 
 def require_small_template_mixing(meta: CheckpointMeta, path: Path | str, option: str) -> None:
@@ -59,7 +67,7 @@ def require_small_template_mixing(meta: CheckpointMeta, path: Path | str, option
 
 def like_seed(like: Path | str, seed: int | None) -> int:
     """The seed of the second net: --seed, else net 1's seed + 1; never net 1's own seed."""
-    first = stored_seed(read_meta(like))
+    first = stored_seed(read_meta(like), like)
     if seed is None:
         return first + 1 if first is not None else 1
     if first is not None and seed == first:
@@ -79,6 +87,10 @@ def train_small(out: Path | str, data: DataConfig, train: TrainConfig, runtime: 
     architecture and plan), or continue one (``init_from``)."""
     if sum(x is not None for x in (arch, like, init_from)) != 1:
         raise MgtoolError("give exactly one of --arch (with --width), --like CKPT or --init-from CKPT")
+    check_not_an_input(out, [like, init_from])
+    for name, count in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if count is not None:
+            check_range(name, count, low=1)  # 0 is not "the data set's": omit the option for that
     data = resolve_config(data)
     info = dataset_info(data)
     if init_from is not None:
@@ -136,8 +148,7 @@ def finetune(src: Path | str, out: Path | str, data: DataConfig, train: TrainCon
              *, resume: bool = False, force: bool = False) -> FitResult:
     """Train any mgtool checkpoint (templates and coefficients both train, or plain weights)."""
     src, out = Path(src), Path(out)
-    if out.resolve() == src.resolve():
-        raise MgtoolError(f"{out}: the output must differ from the input checkpoint")
+    check_not_an_input(out, [src])
     model, meta = load_checkpoint(src)
     parent = Parent(str(src), sha256_file(src), "input", meta.flops.training)
     lineage = Lineage("finetune", meta.kind, meta.arch, meta.plan, (parent,), meta.flops,
@@ -149,6 +160,9 @@ def evaluate_checkpoint(src: Path | str, data: DataConfig, *, split: str = "test
                         limit: int | None = None, batch_size: int = 256, device: str = "auto",
                         precision: str = "auto", workers: int | None = None) -> dict[str, Any]:
     """Top-1, top-5 and mean cross-entropy of a checkpoint on a split."""
+    check_split(data.name, split)  # usage errors first, before any file is read
+    if limit is not None:
+        check_range("limit", limit, low=1)
     model, meta = load_checkpoint(src)
     data = resolve_config(data)
     info = dataset_info(data)
@@ -157,7 +171,7 @@ def evaluate_checkpoint(src: Path | str, data: DataConfig, *, split: str = "test
     bf16 = resolve_precision(precision, dev)
     model.to(dev)
     result = evaluate(model, data, split=split, limit=limit, batch_size=batch_size, device=dev,
-                      bf16=bf16, channels_last=dev.type == "cuda", workers=workers)
+                      bf16=bf16, channels_last=dev.type == "cuda", workers=workers, finite=True)
     return {"checkpoint": str(src), "kind": meta.kind, "arch": meta.arch.to_dict(),
             "data": data.to_dict(), "split": "test" if split == "val" else split,
             "precision": "bf16" if bf16 else "fp32", **result.to_dict(),

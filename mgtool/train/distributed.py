@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mgtool.errors import MgtoolError
+from mgtool.errors import MgtoolError, SettingError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise MgtoolError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
         return torch.device(name if ":" in name else f"cuda:{local_rank}")
     if name != "cpu":
-        raise MgtoolError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+        raise SettingError("device", f"must be auto, cpu, cuda or cuda:N, got {name!r}")
     return torch.device("cpu")
 
 

@@ -36,8 +36,12 @@ def resolve_precision(precision: str, device: torch.device) -> bool:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataConfig, *, split: str = "test", limit: int | None = None,
              batch_size: int = 256, device: torch.device | str = "cpu", env: DistEnv | None = None,
-             bf16: bool = False, channels_last: bool = False, workers: int | None = None) -> EvalResult:
-    """Loss, top-1 and top-5 over ``split`` (each DDP process takes a share; sums are reduced)."""
+             bf16: bool = False, channels_last: bool = False, workers: int | None = None,
+             finite: bool = False) -> EvalResult:
+    """Loss, top-1 and top-5 over ``split`` (each DDP process takes a share; sums are reduced).
+
+    ``finite``: a NaN or Inf logit is an error naming the first layer whose output is not finite
+    (the trainer checks the loss itself and keeps its own message)."""
     env = env or DistEnv()
     device = torch.device(device)
     was_training = model.training
@@ -48,6 +52,12 @@ def evaluate(model: nn.Module, data: DataConfig, *, split: str = "test", limit: 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         logits = logits.float()
+        if finite and not bool(torch.isfinite(logits).all()):
+            where = first_nonfinite_output(model, x, bf16)  # still in eval mode
+            model.train(was_training)
+            raise MgtoolError(f"the model's logits are not finite on {data.name} {split} images (first at "
+                              f"{where}); no accuracy is reported from NaN; check the checkpoint (e.g. its "
+                              "BatchNorm running_var or --init-scale)")
         k = min(5, logits.shape[1])
         hit = logits.topk(k, dim=1).indices == y[:, None]
         sums[:3] += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
@@ -59,6 +69,27 @@ def evaluate(model: nn.Module, data: DataConfig, *, split: str = "test", limit: 
     if n == 0:
         raise MgtoolError(f"{data.name}: the {split} split is empty")
     return EvalResult(loss / n, top1 / n, top5 / n, int(n))
+
+
+@torch.no_grad()
+def first_nonfinite_output(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> str:
+    """The name of the first module (in execution order) whose output holds NaN or Inf."""
+    names = {m: name for name, m in model.named_modules()}
+    found: list[str] = []
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        if not found and isinstance(output, torch.Tensor) and output.is_floating_point() \
+                and not bool(torch.isfinite(output).all()):
+            found.append(f"layer {names[module] or 'the model'} ({type(module).__name__})")
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else "the logits"
 
 
 def check_model_fits(model: nn.Module, what: str, data: DataConfig, shape: tuple[int, int, int],

@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,26 +18,21 @@ from typing import Any
 
 from mgtool.checkpoint import CheckpointMeta, atomic_write, check_output_path, save_checkpoint
 from mgtool.errors import MgtoolError
+from mgtool.safe_write import Busy, hold_lock, lock_path
 from mgtool.train.paths import RunPaths
 from mgtool.train.state import load_state, save_state
 
 
 @contextmanager
 def output_lock(paths: RunPaths) -> Iterator[None]:
-    """Hold ``.OUT-stem.lock`` beside OUT; a second run on the same OUT is refused at once."""
-    lock = paths.out.with_name(f".{paths.stem}.lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    """Hold ``.OUT-stem.lock`` beside OUT; a second run on the same OUT, or any other mgtool
+    command writing OUT, is refused at once."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise MgtoolError(f"{paths.out}: another mgtool run is writing it now; wait for it to finish "
-                          "or choose another -o") from None
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
+        with hold_lock(lock_path(paths.out), str(paths.out)):
+            yield
+    except Busy as e:
+        raise MgtoolError(f"{paths.out}: another mgtool run (pid {e.holder}) is writing it now; wait for it to "
+                          "finish or choose another -o") from None
 
 
 def remove_stale_temporaries(paths: RunPaths) -> list[Path]:
@@ -59,12 +52,13 @@ def previous_files(paths: RunPaths) -> list[Path]:
     return [p for p in (paths.state, paths.metrics) if p.exists()] + [p for _, p in paths.epoch_files()]
 
 
-def prepare_output(paths: RunPaths, *, resume: bool, force: bool) -> dict[str, Any] | None:
-    """Apply the resume/overwrite rules; returns the resume state to continue from, if any."""
+def prepare_output(paths: RunPaths, *, resume: bool, force: bool, main: bool = True) -> dict[str, Any] | None:
+    """Apply the resume/overwrite rules; returns the resume state to continue from, if any.
+    ``main``: this process writes (and holds the output's lock); other DDP ranks only read."""
     out = paths.out
     if paths.state.exists():
         if resume:
-            check_output_path(out, force=True)
+            check_output_path(out, force=True, lock=main)
             return load_state(paths.state)
         if not force:
             raise MgtoolError(f"{paths.state}: an interrupted run of {out} left its resume state here; "
@@ -72,7 +66,7 @@ def prepare_output(paths: RunPaths, *, resume: bool, force: bool) -> dict[str, A
     elif resume and out.exists():
         raise MgtoolError(f"{out}: nothing to resume (no {paths.state.name} beside it: the run finished); "
                           "pass --force without --resume to train again")
-    check_output_path(out, force)
+    check_output_path(out, force, lock=main)
     leftovers = previous_files(paths)
     if leftovers and not force:
         raise MgtoolError(f"{leftovers[0]}: left by an earlier run of {out}; pass --force to replace it")

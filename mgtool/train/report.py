@@ -9,12 +9,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mgtool.sanitize import safe_console
+
 
 class Reporter:
     """``quiet`` silences everything; the bar shows only when stderr is a terminal."""
 
     def __init__(self, *, quiet: bool, main: bool, console: Console | None = None):
-        self.console = console or Console(stderr=True, markup=False, highlight=False)
+        self.console = console or safe_console()
         self.lines = main and not quiet
         self.bar = self.lines and self.console.is_terminal
         self._progress: Progress | None = None

@@ -143,8 +143,8 @@ class TrainConfig:
             check_range("norm_weight_decay", self.norm_weight_decay, low=0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("budget", self.budget, low=0, high=1, low_open=True)  # first: the warm-up's bound uses it
         check_range("warmup_epochs", self.warmup_epochs, low=0, high=self.epochs * self.budget)
-        check_range("budget", self.budget, low=0, high=1, low_open=True)
         check_range("stop_at", self.stop_at, low=0, high=1, low_open=True)
         check_range("cycles", self.cycles, low=1)
         check_range("cycle_decay", self.cycle_decay, low=0, high=1, low_open=True)

@@ -23,12 +23,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mgtool.checkpoint import make_parent
-from mgtool.data import DataConfig, dataset_info, normaliser, resolve_config, train_loader
+from mgtool.data import DataConfig, data_source, dataset_info, normaliser, resolve_config, train_loader
+from mgtool.data.fingerprint import changed_files, data_fingerprint, describe_changes
 from mgtool.data.loaders import seed_for
 from mgtool.errors import MgtoolError, check_range
 from mgtool.flops import flops_per_training_sample
 from mgtool.model import TemplateMixingNet
+from mgtool.safe_write import make_parent
 from mgtool.train.distributed import DistEnv, all_reduce_sum, any_rank, barrier, init_distributed, shutdown
 from mgtool.train.evaluate import EvalResult, check_model_fits, evaluate, resolve_precision
 from mgtool.train.lineage import Lineage
@@ -42,6 +43,7 @@ from mgtool.train.outputs import (
 )
 from mgtool.train.paths import RunPaths, run_paths
 from mgtool.train.report import Reporter
+from mgtool.train.resume_check import check_loaded, check_structure, saved_files, saved_fingerprint
 from mgtool.train.schedule import LrSchedule
 from mgtool.train.settings import TrainConfig
 from mgtool.train.state import rng_state, set_rng_state
@@ -126,9 +128,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
 
-    def setup(self, state: dict[str, Any] | None) -> None:
+    def setup(self, state: dict[str, Any] | None, *, force: bool = False) -> None:
+        """``force``: resume even if the data files changed since the state was written."""
         train, env, device = self.train, self.env, self.device
         info = dataset_info(self.data)
+        self.data_files = data_fingerprint(self.data)
         if train.batch_size % env.world:
             raise MgtoolError(f"--batch-size {train.batch_size} must be divisible by the number of processes "
                               f"({env.world}); it is the global batch")
@@ -153,7 +157,7 @@ class Trainer:
         self.epochs = math.ceil(self.schedule.stop_step / self.steps_per_epoch)
         torch.manual_seed(seed_for(train.seed, env.rank, 3))
         if state is not None:
-            self._restore(state)
+            self._restore(state, force)
         barrier()
         self.train_model: nn.Module = self.model
         if env.enabled:
@@ -162,17 +166,26 @@ class Trainer:
         if self.runtime.compile:
             self.train_model = torch.compile(self.train_model)
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        saved = json.loads(state["fingerprint"])
+    def _restore(self, state: dict[str, Any], force: bool) -> None:
+        saved = saved_fingerprint(state, self.paths.state)
         differ = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
         if differ:
             raise MgtoolError(f"{self.paths.state}: was written by a run with different {', '.join(differ)}; "
                               "rerun the same command with --resume, or pass --force (without --resume) to "
                               "start over")
+        check_structure(state, self.model, self.optimizer, self.paths.state)
         check_state(state, self.paths, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
                     world=self.env.world)
+        files = saved_files(state, self.paths.state)
+        changed = [] if files is None else changed_files(files, self.data_files)
+        if changed and not force:
+            folder = data_source(self.data, "train").path
+            raise MgtoolError(f"{self.paths.state}: the data changed since this run started "
+                              f"({describe_changes(changed)} in {folder}); restore the data, or pass --force "
+                              "with --resume to continue on the new data")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
+        check_loaded(self.optimizer, self.paths.state)
         self.start_epoch, self.step, self.samples = int(state["epoch"]), int(state["step"]), int(state["samples_seen"])
         self.history = list(state["metrics"])
         self.first_write = False
@@ -268,6 +281,7 @@ class Trainer:
                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True), "epoch": epoch + 1, "step": self.step,
                 "samples_seen": self.samples, "world": self.env.world, "model": tensors,
                 "optimizer": self.optimizer.state_dict(), "rng": rng, "metrics": self.history,
+                "data_files": self.data_files,
             }
             write_epoch(self.paths, tensors, meta, self.history, resume_state, epoch=epoch + 1,
                         keep_every=self.runtime.keep_every, complete=complete, first_write=self.first_write)
@@ -326,12 +340,12 @@ def fit(model: nn.Module, lineage: Lineage, data: DataConfig, train: TrainConfig
         with output_lock(paths) if env.is_main else nullcontext():
             if env.is_main:
                 remove_stale_temporaries(paths)
-            state = prepare_output(paths, resume=resume, force=force)
+            state = prepare_output(paths, resume=resume, force=force, main=env.is_main)
             if state is None and resume:
                 Reporter(quiet=runtime.quiet, main=env.is_main).note(
                     f"no resume state at {paths.state}; starting a fresh run")
             trainer = Trainer(model, lineage, resolve_config(data), train, runtime, paths, env, device)
-            trainer.setup(state)
+            trainer.setup(state, force=force)
             meta = trainer.run()
         return FitResult(paths.out, meta, trainer.history, time.perf_counter() - started_at, env.is_main)
     finally:

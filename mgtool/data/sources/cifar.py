@@ -91,6 +91,10 @@ class _Cifar(ArrayFilesDataset):
     def info(self, cfg: DataConfig) -> DatasetInfo:
         return DatasetInfo(self.name, (3, SIDE, SIDE), self.classes, 50000, 10000, True)
 
+    def data_files(self, cfg: DataConfig) -> list[Path]:
+        folder = self.locate(cfg) / self.folder_name
+        return [folder / name for split in self.files.values() for name in split if (folder / name).is_file()]
+
     def locate(self, cfg: DataConfig) -> Path:
         looked = search_path(cfg, (self.name,))
         for folder in looked:

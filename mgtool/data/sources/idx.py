@@ -98,6 +98,10 @@ class _IdxDataset(ArrayFilesDataset):
         raise not_found(self.name, "train-images-idx3-ubyte[.gz] and the other three idx files", looked, cfg,
                         f"pass --data-dir DIR, or --download to fetch it{self.get_it}")
 
+    def data_files(self, cfg: DataConfig) -> list[Path]:
+        folder = self.locate(cfg)
+        return [p for files in IDX_FILES.values() for stem in files if (p := _idx_path(folder, stem))]
+
     def arrays(self, cfg: DataConfig, split: str) -> Arrays:
         split = check_split(self.name, split)
         return _idx_arrays(str(self.locate(cfg)), split)
