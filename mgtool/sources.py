@@ -18,7 +18,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mgtool.archs import ArchSpec, build_plain, resolve_spec
+from mgtool.archs import ArchSpec, build_plain, family_names, get_family
+from mgtool.archs.timm_bridge import TimmBridge
 from mgtool.checkpoint import check_keys
 from mgtool.errors import MgtoolError, SettingError, first_line
 from mgtool.provenance import sha256_file
@@ -27,15 +28,6 @@ from mgtool.weights import read_plain_weights
 
 SOURCE_KINDS = ("hf-hub", "local-dir")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-SUPPORTED = "timm resnet18/34/50/101 and VisionTransformer models (vit_*, deit_*)"
-# model_args mgtool's families express (the value must equal the one given where there is one).
-RESNET_ARGS = {"channels": None, "num_classes": None, "in_chans": None, "global_pool": "avg",
-               "stem_width": None, "drop_rate": None, "zero_init_last": None}
-VIT_ARGS = {"img_size": None, "patch_size": None, "embed_dim": None, "depth": None, "num_heads": None,
-            "mlp_ratio": None, "num_classes": None, "in_chans": None, "global_pool": "token",
-            "qkv_bias": True, "class_token": True, "drop_rate": None, "pos_drop_rate": None,
-            "proj_drop_rate": None, "attn_drop_rate": None}
 PRETRAINED_CFG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode", "license")
 
 
@@ -196,7 +188,7 @@ def _resolve_folder(folder: Path, name: SourceName, revision: str | None) -> Pre
     pretrained_cfg, architecture, model_args = _read_config(config)
     if not isinstance(architecture, str) or not timm.is_model(architecture):
         raise MgtoolError(f"{config}: architecture {architecture!r} is not a model timm {timm.__version__} "
-                          f"knows; mgtool supports {SUPPORTED}")
+                          f"knows; mgtool supports {_supported()}")
     weights = next((folder / w for w in WEIGHT_FILES if (folder / w).is_file()), None)
     if weights is None:
         raise MgtoolError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)}) beside config.json")
@@ -242,63 +234,22 @@ def _timm_model(architecture: str, kwargs: dict[str, Any], where: Path) -> nn.Mo
 
 
 def infer_spec(model: nn.Module, architecture: str, model_args: dict[str, Any]) -> ArchSpec:
-    """The mgtool spec of a timm model: family, width and options, or a one-line refusal."""
-    from timm.models.resnet import ResNet
-    from timm.models.vision_transformer import VisionTransformer
-
-    if isinstance(model, ResNet) and architecture in RESNETS:
-        _check_args(architecture, model_args, RESNET_ARGS)
-        return _resnet_spec(model, architecture)
-    if isinstance(model, VisionTransformer):
-        _check_args("vit", model_args, VIT_ARGS)
-        return _vit_spec(model, architecture)
+    """The mgtool spec of a timm model, from the family bridge that claims it, or a one-line refusal."""
+    for bridge in _bridges():
+        spec = bridge.from_timm(model, architecture, model_args)
+        if spec is not None:
+            return spec
     raise MgtoolError(f"timm model {architecture!r} ({type(model).__name__}) is outside mgtool's families; "
-                      f"mgtool supports {SUPPORTED}")
+                      f"mgtool supports {_supported()}")
 
 
-def _check_args(family: str, model_args: dict[str, Any], allowed: dict[str, Any]) -> None:
-    for key, value in model_args.items():
-        want = allowed.get(key, ...)
-        if want is ... or (want is not None and value != want):
-            shown = f"{key}={value!r}"
-            raise MgtoolError(f"model_args {shown} cannot be mapped to mgtool's {family} family (it maps "
-                              f"{', '.join(sorted(allowed))}, with global_pool={allowed['global_pool']!r})")
+def _bridges() -> list[TimmBridge]:
+    """Every family's ``TimmBridge``, each once (one may serve several families), in name order."""
+    return list(dict.fromkeys(b for b in (get_family(n).timm for n in family_names()) if b is not None))
 
 
-def _resnet_spec(model: nn.Module, architecture: str) -> ArchSpec:
-    from mgtool.archs.families.timm_resnet import timm_kwargs
-
-    planes = tuple(getattr(model, f"layer{i + 1}")[0].conv1.out_channels for i in range(4))
-    width = planes[0] / 64  # timm's first stage: 64 channels at width 1
-    same = isinstance(model.conv1, nn.Conv2d)  # timm's plain 7x7 stem, not a deep one
-    if same:
-        stem = "timm" if model.conv1.out_channels == 64 and width != 1.0 else "scaled"
-        spec = resolve_spec(ArchSpec(architecture, width, model.num_classes, model.conv1.in_channels,
-                                     {"stem": stem}))
-        try:
-            same = timm_kwargs(spec)["channels"] == planes
-        except MgtoolError:  # a width that gives fractional channels
-            same = False
-    if not same:
-        raise MgtoolError(f"{architecture}: stage widths {list(planes)} (or its stem) are not timm's (64, 128, 256, "
-                          "512) times one width; mgtool's resnet families cannot express it")
-    return spec
-
-
-def _vit_spec(model: nn.Module, architecture: str) -> ArchSpec:
-    pe = model.patch_embed
-    dim = model.embed_dim
-    hidden = model.blocks[0].mlp.fc1.out_features if len(model.blocks) else 0
-    img, patch = tuple(pe.img_size or (0, 0)), tuple(pe.patch_size)
-    plain = (model.cls_token is not None and getattr(model, "num_reg_tokens", 0) == 0
-             and model.global_pool == "token" and not getattr(model, "no_embed_class", False)
-             and not getattr(model, "dynamic_img_size", False) and img[0] == img[1] and patch[0] == patch[1])
-    if not plain or not hidden:
-        raise MgtoolError(f"{architecture}: a VisionTransformer that mgtool's vit family cannot express (it has "
-                          "one class token, no register tokens, token pooling, square patches and images)")
-    options = {"embed_dim": dim, "depth": len(model.blocks), "num_heads": model.blocks[0].attn.num_heads,
-               "patch_size": patch[0], "img_size": img[0], "mlp_ratio": hidden / dim}
-    return resolve_spec(ArchSpec("vit", 1.0, model.num_classes, pe.proj.in_channels, options))
+def _supported() -> str:
+    return "timm " + " and ".join(b.reads for b in _bridges())
 
 
 def _check_same_function(timm_model: nn.Module, spec: ArchSpec, sd: dict[str, Tensor], where: str) -> None:

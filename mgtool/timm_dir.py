@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mgtool.archs import ArchSpec, input_size
+from mgtool.archs import ArchSpec, get_family, input_size
 from mgtool.card import model_card
 from mgtool.checkpoint import CheckpointMeta, check_finite, check_keys
 from mgtool.errors import MgtoolError, first_line
@@ -46,24 +46,13 @@ class TimmDirResult:
 
 
 def timm_architecture(spec: ArchSpec) -> tuple[str, dict[str, Any]]:
-    """timm's model name and keyword arguments for ``spec``, or a one-line refusal."""
-    from mgtool.archs.families import timm_resnet, vit
-
-    if spec.name == "vit":
-        return vit.TIMM_NAME, vit.timm_kwargs(spec)
-    if spec.name in ("resnet18", "resnet34", "resnet50", "resnet101"):
-        kwargs = timm_resnet.timm_kwargs(spec)
-        if spec.options.get("stem") != "timm" and kwargs["stem_width"] != 64:
-            raise MgtoolError(
-                f"{spec.describe()} has a {kwargs['stem_width']}-channel stem, which timm's ResNet cannot express "
-                "(its plain stem is fixed at 64 channels); export it as an mgtool file instead "
-                "(mgtool export SRC -o OUT.safetensors, then mgtool.load), or grow to width 1.0 "
-                "(e.g. fuse two width-0.5 nets)")
-        kwargs.pop("stem_width")  # timm ignores it for the plain stem; it would only mislead a reader
-        return spec.name, kwargs
-    raise MgtoolError(f"the {spec.name} family is not registered with timm, so timm.create_model cannot load it; "
-                      "export an mgtool file instead (mgtool export SRC -o OUT.safetensors) and load it "
-                      "with mgtool.load")
+    """timm's model name and keyword arguments for ``spec`` (its family's ``TimmBridge``), or a one-line refusal."""
+    bridge = get_family(spec.name).timm
+    if bridge is None:
+        raise MgtoolError(f"the {spec.name} family is not registered with timm, so timm.create_model cannot load "
+                          "it; export an mgtool file instead (mgtool export SRC -o OUT.safetensors) and load it "
+                          "with mgtool.load")
+    return bridge.to_timm(spec)
 
 
 def export_timm_dir(src: Path | str, out: Path | str, *, force: bool = False,
@@ -156,8 +145,8 @@ def _data_config(meta: CheckpointMeta) -> dict[str, Any]:
                if k in ("mean", "std", "interpolation", "crop_pct", "crop_mode")}
         if cfg_in.get("input_size"):
             h, w = cfg_in["input_size"][-2:]
-    if spec.name == "vit":
-        h = w = int(spec.options["img_size"])  # a ViT's input size is fixed by its pos_embed
+    if get_family(spec.name).timm.fixed_input_size:  # e.g. a ViT's, by its pos_embed
+        h, w = input_size(spec)
     return {**out, "input_size": (spec.in_chans, int(h), int(w))}
 
 

@@ -20,12 +20,13 @@ from timm.models import save_for_hf
 from typer.testing import CliRunner
 
 import mgtool
-from mgtool.archs import ArchSpec, family_names, tiny_spec
+from mgtool.archs import ArchSpec, family_names, get_family, resolve_spec, tiny_spec
 from mgtool.card import literal
 from mgtool.checkpoint import read_meta
 from mgtool.cli import app
-from mgtool.errors import SettingError
-from mgtool.sources import parse_source
+from mgtool.errors import MgtoolError, SettingError
+from mgtool.sources import infer_spec, parse_source
+from mgtool.timm_dir import timm_architecture
 
 from .conftest import randomised_plain
 
@@ -201,13 +202,33 @@ def test_convert_local_dir_and_reexport(tmp_path):
     assert (other / "mine.txt").read_text() == "keep"
 
 
-NOT_TIMM = {"wrn", "tiny-cnn", "tiny-mlp"}  # families timm has no model for
-
-
 def _convert_args(spec: ArchSpec) -> list:
     opts = sum((["--opt", f"{k}={v}"] for k, v in spec.options.items()), [])
     return ["--arch", spec.name, "--width", spec.width, "--num-classes", spec.num_classes, "--in-chans", spec.in_chans,
             *opts]
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_every_family_declares_its_timm_bridge_or_is_refused(family):
+    """Generated from the registry: a family's ``Family.timm`` maps its net to timm and back (the timm model
+    claimed by that bridge alone), or ``timm_architecture`` refuses the family in one line."""
+    spec, bridge = tiny_spec(family), get_family(family).timm
+    if bridge is None:
+        with pytest.raises(MgtoolError, match="not registered with timm") as refusal:
+            timm_architecture(spec)
+        assert "\n" not in str(refusal.value)
+        return
+    try:
+        name, kwargs = timm_architecture(spec)
+    except MgtoolError as e:  # a tiny net timm cannot express (a resnet's scaled stem); width 1 is timm's own
+        assert "\n" not in str(e)
+        spec = resolve_spec(ArchSpec(spec.name, 1.0, spec.num_classes, spec.in_chans, spec.options))
+        name, kwargs = timm_architecture(spec)
+    model = timm.create_model(name, **kwargs)
+    claims = {get_family(f).timm for f in family_names()
+              if get_family(f).timm and get_family(f).timm.from_timm(model, name, kwargs) is not None}
+    assert claims == {bridge}
+    assert timm_architecture(infer_spec(model, name, kwargs)) == (name, kwargs)
 
 
 @pytest.mark.parametrize("family", family_names())
@@ -219,7 +240,7 @@ def test_every_family_exports_to_a_timm_folder_or_is_refused(family, tmp_path):
     pt, tm, folder = tmp_path / "net.pt", tmp_path / "net.tm.safetensors", tmp_path / "net.timm"
     torch.save(randomised_plain(spec).state_dict(), pt)
     _ok(["convert", pt, *_convert_args(spec), "-o", tm])
-    if family in NOT_TIMM:
+    if get_family(family).timm is None:
         _refused(["export", tm, "--format", "timm-dir", "-o", folder], 1, "not registered with timm")
         assert not folder.exists()
         return

@@ -2,7 +2,8 @@
 
 Every module in ``mgtool/archs/families/`` is imported on the first registry look-up, so a
 new family is one file there: what differs per family (how it builds, grows and widens,
-its default CKA layers) is a field of its ``Family``, never a branch on its name elsewhere.
+its default CKA layers, how it maps to timm) is a field of its ``Family``, never a branch on
+its name elsewhere.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from mgtool.archs.spec import ArchSpec
+from mgtool.archs.timm_bridge import TimmBridge
 from mgtool.archs.widening import Widening
 from mgtool.errors import MgtoolError, SettingError, check_choice
 
@@ -42,6 +44,8 @@ class Family:
     convolutions, norms and residual connections.
     cka_layers: plain net -> the layers ``cka`` compares by default (one representation per
     block); None: the output of every mixable layer except the classifier.
+    timm: how its nets and timm's models map onto each other (``export --format timm-dir``,
+    pretrained timm sources); None: timm cannot load the family.
     """
 
     name: str
@@ -55,6 +59,7 @@ class Family:
     fusion_sums_logits: bool = True
     widening: Widening | None = None
     cka_layers: Callable[[nn.Module], list[str]] | None = None
+    timm: TimmBridge | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

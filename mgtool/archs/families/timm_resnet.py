@@ -16,12 +16,19 @@ from __future__ import annotations
 import re
 
 import timm
+from timm.models.resnet import ResNet
 from torch import nn
 
-from mgtool.archs.registry import Family, check_option, register_family, scaled
+from mgtool.archs.registry import Family, check_option, register_family, resolve_spec, scaled
 from mgtool.archs.spec import ArchSpec
+from mgtool.archs.timm_bridge import TimmBridge, check_model_args
+from mgtool.errors import MgtoolError
 
+NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
 _BASE_CHANNELS = (64, 128, 256, 512)
+# model_args the family expresses (the value must equal the one given where there is one).
+TIMM_ARGS = {"channels": None, "num_classes": None, "in_chans": None, "global_pool": "avg",
+             "stem_width": None, "drop_rate": None, "zero_init_last": None}
 
 
 def timm_kwargs(spec: ArchSpec) -> dict:
@@ -82,7 +89,42 @@ def _block_outputs(net: nn.Module) -> list[str]:
     return ["act1"] + [n for n, _ in net.named_modules() if re.fullmatch(r"layer\d+\.\d+", n)]
 
 
-for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+def _to_timm(spec: ArchSpec) -> tuple[str, dict]:
+    kwargs = timm_kwargs(spec)
+    if spec.options.get("stem") != "timm" and kwargs["stem_width"] != 64:
+        raise MgtoolError(
+            f"{spec.describe()} has a {kwargs['stem_width']}-channel stem, which timm's ResNet cannot express "
+            "(its plain stem is fixed at 64 channels); export it as an mgtool file instead "
+            "(mgtool export SRC -o OUT.safetensors, then mgtool.load), or grow to width 1.0 "
+            "(e.g. fuse two width-0.5 nets)")
+    kwargs.pop("stem_width")  # timm ignores it for the plain stem; it would only mislead a reader
+    return spec.name, kwargs
+
+
+def _from_timm(model: nn.Module, architecture: str, model_args: dict) -> ArchSpec | None:
+    if not (isinstance(model, ResNet) and architecture in NAMES):
+        return None
+    check_model_args(architecture, model_args, TIMM_ARGS)
+    planes = tuple(getattr(model, f"layer{i + 1}")[0].conv1.out_channels for i in range(4))
+    width = planes[0] / 64  # timm's first stage: 64 channels at width 1
+    same = isinstance(model.conv1, nn.Conv2d)  # timm's plain 7x7 stem, not a deep one
+    if same:
+        stem = "timm" if model.conv1.out_channels == 64 and width != 1.0 else "scaled"
+        spec = resolve_spec(ArchSpec(architecture, width, model.num_classes, model.conv1.in_channels,
+                                     {"stem": stem}))
+        try:
+            same = timm_kwargs(spec)["channels"] == planes
+        except MgtoolError:  # a width that gives fractional channels
+            same = False
+    if not same:
+        raise MgtoolError(f"{architecture}: stage widths {list(planes)} (or its stem) are not timm's (64, 128, 256, "
+                          "512) times one width; mgtool's resnet families cannot express it")
+    return spec
+
+
+TIMM = TimmBridge(_to_timm, _from_timm, reads="resnet18/34/50/101")
+
+for _name in NAMES:
     register_family(
         Family(
             name=_name,
@@ -94,5 +136,6 @@ for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
             "model); stem=timm keeps timm's 64-channel stem at every width (cannot be fused)",
             tiny={"width": 0.0625, "num_classes": 7},
             cka_layers=_block_outputs,
+            timm=TIMM,
         )
     )

@@ -46,15 +46,22 @@ from dataclasses import dataclass
 
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from mgtool.archs.registry import Family, build_plain, grow_spec, register_family, resolve_spec, scaled
 from mgtool.archs.spec import ArchSpec
+from mgtool.archs.timm_bridge import TimmBridge, check_model_args
 from mgtool.archs.widening import Widening, zero_sum_noise
 from mgtool.errors import MgtoolError
 
 TIMM_NAME = "vit_tiny_patch16_224"  # qkv_bias, class token, token pooling: timm's default ViT
 QKV_PARTS = 3  # timm's qkv output is [q heads..., k heads..., v heads...]
+# model_args the family expresses (the value must equal the one given where there is one).
+TIMM_ARGS = {"img_size": None, "patch_size": None, "embed_dim": None, "depth": None, "num_heads": None,
+             "mlp_ratio": None, "num_classes": None, "in_chans": None, "global_pool": "token",
+             "qkv_bias": True, "class_token": True, "drop_rate": None, "pos_drop_rate": None,
+             "proj_drop_rate": None, "attn_drop_rate": None}
 
 
 def dims(spec: ArchSpec) -> tuple[int, int, int]:
@@ -97,6 +104,25 @@ def timm_kwargs(spec: ArchSpec) -> dict:
 
 def _build(spec: ArchSpec) -> nn.Module:
     return timm.create_model(TIMM_NAME, pretrained=False, **timm_kwargs(spec))
+
+
+def _from_timm(model: nn.Module, architecture: str, model_args: dict) -> ArchSpec | None:
+    if not isinstance(model, VisionTransformer):
+        return None
+    check_model_args("vit", model_args, TIMM_ARGS)
+    pe = model.patch_embed
+    dim = model.embed_dim
+    hidden = model.blocks[0].mlp.fc1.out_features if len(model.blocks) else 0
+    img, patch = tuple(pe.img_size or (0, 0)), tuple(pe.patch_size)
+    plain = (model.cls_token is not None and getattr(model, "num_reg_tokens", 0) == 0
+             and model.global_pool == "token" and not getattr(model, "no_embed_class", False)
+             and not getattr(model, "dynamic_img_size", False) and img[0] == img[1] and patch[0] == patch[1])
+    if not plain or not hidden:
+        raise MgtoolError(f"{architecture}: a VisionTransformer that mgtool's vit family cannot express (it has "
+                          "one class token, no register tokens, token pooling, square patches and images)")
+    options = {"embed_dim": dim, "depth": len(model.blocks), "num_heads": model.blocks[0].attn.num_heads,
+               "patch_size": patch[0], "img_size": img[0], "mlp_ratio": hidden / dim}
+    return resolve_spec(ArchSpec("vit", 1.0, model.num_classes, pe.proj.in_channels, options))
 
 
 def _grow(spec: ArchSpec, g: int) -> ArchSpec:
@@ -273,5 +299,7 @@ register_family(
         fusion_sums_logits=False,  # LayerNorm normalises over the nets' joined streams
         widening=Widening(grow_vit_random, grow_vit_preserving),
         cka_layers=lambda net: [n for n, _ in net.named_modules() if re.fullmatch(r"blocks\.\d+", n)],
+        timm=TimmBridge(lambda spec: (TIMM_NAME, timm_kwargs(spec)), _from_timm,
+                        reads="VisionTransformer models (vit_*, deit_*)", fixed_input_size=True),
     )
 )
