@@ -8,8 +8,6 @@ its name elsewhere.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from mgtool.archs.spec import ArchSpec
 from mgtool.archs.timm_bridge import TimmBridge
 from mgtool.archs.widening import Widening
 from mgtool.errors import MgtoolError, SettingError, check_choice
+from mgtool.plugins import import_plugins
 
 
 @dataclass(frozen=True)
@@ -95,8 +94,7 @@ def _ensure_loaded() -> None:
         return
     from mgtool.archs import families
 
-    for module in pkgutil.iter_modules(families.__path__):
-        importlib.import_module(f"{families.__name__}.{module.name}")  # importing registers
+    import_plugins(families)
     _loaded = True
 
 

@@ -14,9 +14,7 @@ new data set is one file there (plus its test).
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch.utils.data import Dataset as TorchDataset
 from mgtool.data.augment import Augment
 from mgtool.data.config import DataConfig
 from mgtool.errors import MgtoolError, SettingError, did_you_mean
+from mgtool.plugins import import_plugins
 
 DATA_DIR_ENV = "MGTOOL_DATA_DIR"
 SPLITS = ("train", "test")
@@ -142,8 +141,7 @@ def _ensure_loaded() -> None:
         return
     from mgtool.data import sources
 
-    for module in pkgutil.iter_modules(sources.__path__):
-        importlib.import_module(f"{sources.__name__}.{module.name}")  # importing registers
+    import_plugins(sources)
     _loaded = True
 
 
