@@ -16,19 +16,26 @@ from rich.console import Console
 from rich.text import Text
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_LAYOUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # every control character but tab and newline
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def escape(text: str) -> str:
-    """``text`` with every C0/C1 control character (and DEL) written as an escape."""
+    """``text`` with every C0/C1 control character (and DEL) written as an escape: one line."""
     return _CONTROL.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
 
 
+def escape_keeping_lines(text: str) -> str:
+    """``escape`` but for tab and newline, which lay text out and start no terminal sequence."""
+    return _LAYOUT.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+
+
 class SafeConsole(Console):
-    """A rich console that escapes control characters in every string it renders."""
+    """A rich console that escapes control characters in every string it renders (multi-line
+    messages keep their lines)."""
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
-        return super().render_str(escape(text), **kwargs)
+        return super().render_str(escape_keeping_lines(text), **kwargs)
 
 
 def safe_console(**kwargs: Any) -> SafeConsole:

@@ -95,6 +95,22 @@ def test_escape_covers_csi_osc_dcs_and_c1():
     assert "\\x1b]0;pwned-title\\x07" in shown and "\\x1bPdcs" in shown and "\\x9b" in shown
 
 
+def test_the_console_keeps_a_messages_lines_and_escapes_every_sequence():
+    """Multi-line output (the demo's next steps) keeps its newlines; ESC, BEL and CR never reach the terminal."""
+    import io
+
+    from mgtool.cli.run_commands import next_steps
+    from mgtool.sanitize import safe_console
+
+    out = io.StringIO()
+    console = safe_console(file=out, width=200)
+    console.print(next_steps("runs/demo") + "\nx\x1b]0;title\x07\r\x9b2J", soft_wrap=True)
+    text = out.getvalue()
+    assert text.startswith("next:\n  python -c") and "\\n" not in text
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\x9b" not in text
+    assert "x\\x1b]0;title\\x07\\r\\x9b2J" in text
+
+
 def test_info_prints_no_raw_escape(tm, tmp_path):
     def evil(raw):
         raw["provenance"]["command"] = ["mgtool", EVIL]
