@@ -58,3 +58,18 @@ def test_the_docs_quote_exactly_the_committed_demo_results():
         body = doc.read_text()
         quoted = body.split(demo_seeds.START, 1)[1].split(demo_seeds.END, 1)[0].strip()
         assert quoted == want, f"{doc.name} is stale: run python bench/demo_seeds.py --report --write-docs"
+
+
+def test_growth_defaults_quotes_the_tables_its_scripts_rebuild():
+    """docs/results/growth-defaults.md's tables are the ones bench/demo_defaults.py --amendment-10 and
+    bench/reproduction_sweep.py --report build from the committed result files."""
+    spec = importlib.util.spec_from_file_location("demo_defaults", ROOT / "bench" / "demo_defaults.py")
+    demo_defaults = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_defaults)
+    doc = (ROOT / "docs" / "results" / "growth-defaults.md").read_text()
+    demo_table = demo_defaults.report(demo_defaults.RESULTS / "amendment10", demo_defaults.AMENDMENT_10)
+    tables = (ROOT / "bench" / "results" / "reproduction" / "tables.md").read_text()
+    start = tables.index("| Coefficient init (MixtureGrowth, protocol B)")
+    secondary = tables[start:tables.index("\n\n", start)]
+    for line in [*demo_table.splitlines()[2:], *secondary.splitlines()[2:]]:
+        assert line in doc, f"growth-defaults.md is stale: {line}"
