@@ -77,3 +77,22 @@ def _no_debug_leak():
     """``mgtool --debug`` sets MGTOOL_DEBUG for the process; keep it from leaking across tests."""
     yield
     os.environ.pop("MGTOOL_DEBUG", None)
+
+
+def one_line(result, code: int = 1) -> str:
+    """The one error line of a CliRunner result that failed with ``code`` (and nothing on stdout)."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tm(plain_ckpts, tmp_path_factory) -> Path:
+    """A converted tiny-cnn, one per test module (the hardening tests rewrite copies of it)."""
+    import mgtool
+
+    out = tmp_path_factory.mktemp("tm") / "tm.safetensors"
+    mgtool.convert(plain_ckpts["tiny-cnn"], TINY_SPECS["tiny-cnn"], out=out)
+    return out

@@ -19,28 +19,13 @@ from mgtool.checkpoint import METADATA_KEY, read_raw_metadata
 from mgtool.cli import app
 from mgtool.cli.common import strict_json
 
-from .conftest import TINY_SPECS
+from .conftest import one_line as _one_line
 
 runner = CliRunner()
 
 
 def _run(args: list[str]):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line(result, code: int = 1) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert result.stdout == ""
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tm(plain_ckpts, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("harden") / "tm.safetensors"
-    mgtool.convert(plain_ckpts["tiny-cnn"], TINY_SPECS["tiny-cnn"], out=out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
 from typer.testing import CliRunner
 
-import mgtool
 from mgtool.cli import app
 from mgtool.data import Arrays, get_dataset
 
-from .conftest import TINY_SPECS
+from .conftest import one_line as _one_line
 from .test_hardening import _rewrite
 
 runner = CliRunner()
@@ -22,21 +18,6 @@ DATA = ["--data", "synthetic", "--data-opt", "shape=3x16x16", "--data-opt", "tes
 
 def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line(result, code: int = 1) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert result.stdout == ""
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tm(plain_ckpts, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("evalnan") / "tm.safetensors"
-    mgtool.convert(plain_ckpts["tiny-cnn"], TINY_SPECS["tiny-cnn"], out=out)
-    return out
 
 
 def test_eval_refuses_nan_logits_from_a_negative_running_var_naming_the_layer(tm, tmp_path):

@@ -13,34 +13,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import mgtool
 from mgtool.checkpoint import METADATA_KEY, read_meta, read_raw_metadata, save_checkpoint
 from mgtool.cli import app
 from mgtool.errors import MgtoolError
 from mgtool.sanitize import escape
 
-from .conftest import TINY_SPECS
+from .conftest import one_line as _one_line
 
 runner = CliRunner()
 
 
 def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line(result, code: int = 1) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert result.stdout == ""
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tm(plain_ckpts, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("messages") / "tm.safetensors"
-    mgtool.convert(plain_ckpts["tiny-cnn"], TINY_SPECS["tiny-cnn"], out=out)
-    return out
 
 
 def _with_text(src: Path, dst: Path, text: str) -> Path:

@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import mgtool
 from mgtool.cli import app
 from mgtool.errors import MgtoolError
 from mgtool.safe_write import LOCK_MARK, hold_lock, lock_path, write_file
 
-from .conftest import TINY_SPECS
+from .conftest import one_line as _one_line
 
 runner = CliRunner()
 SMALL = ["--arch", "tiny-cnn", "--width", "1", "--data", "synthetic", "--data-opt", "shape=3x16x16",
@@ -29,20 +28,6 @@ SMALL = ["--arch", "tiny-cnn", "--width", "1", "--data", "synthetic", "--data-op
 
 def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line(result, code: int = 1) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tm(plain_ckpts, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("writes") / "tm.safetensors"
-    mgtool.convert(plain_ckpts["tiny-cnn"], TINY_SPECS["tiny-cnn"], out=out)
-    return out
 
 
 def test_force_never_replaces_a_fifo(tm, tmp_path):
