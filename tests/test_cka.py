@@ -526,7 +526,7 @@ def test_results_write_their_json_and_keep_the_documented_keys(tmp_path, monkeyp
     side = CkaSide(Path("a.safetensors"), arch, ["conv1"], "both")
     cols = CkaSide(Path("b.safetensors"), arch, ["conv1", "conv2"], "first")
     layer = LayerCka("minibatch", estimate, data, "test", 4, rows=side, cols=cols)
-    payload = layer.write(tmp_path / "l.png", tmp_path / "l.json")
+    payload = layer.write(tmp_path / "l.png", tmp_path / "l.json", force=False)
     assert list(payload) == ["kind", "estimator", "estimator_detail", "matrix", "rows", "cols", "data", "split",
                              "samples", "batches", "batch_size", "json", "figure"]
     assert payload["matrix"] == [[1.0, None]] and payload["figure"] is None
@@ -534,6 +534,11 @@ def test_results_write_their_json_and_keep_the_documented_keys(tmp_path, monkeyp
     assert layer.summary() == "1x2 layers, 8 samples" and "a.safetensors vs b.safetensors" in layer.title
     checkpoints = [EpochCheckpoint(Path("r.epoch001.safetensors"), "r", 1), EpochCheckpoint(Path("g"), "g", None)]
     time = TimeCka("full", estimate, data, "test", 4, layer="conv2", checkpoints=checkpoints)
-    payload = time.write(tmp_path / "t.png", tmp_path / "t.json")
+    payload = time.write(tmp_path / "t.png", tmp_path / "t.json", force=False)
     assert payload["kind"] == "cka-time" and [c["label"] for c in payload["checkpoints"]] == ["r:1", "g"]
+    # A file that appeared at the JSON's path after the command's check is kept without --force.
+    (tmp_path / "t.json").write_text("theirs")
+    with pytest.raises(MgtoolError):
+        time.write(tmp_path / "t.png", tmp_path / "t.json", force=False)
+    assert (tmp_path / "t.json").read_text() == "theirs"
     assert list(payload)[4:6] == ["layer", "checkpoints"]

@@ -35,8 +35,10 @@ def plot_heatmap(
     row_axis: str,
     col_axis: str,
     out: Path,
+    force: bool = True,
 ) -> None:
-    """Draw ``matrix`` (rows bottom to top, like the paper's figures) to ``out`` atomically.
+    """Draw ``matrix`` (rows bottom to top, like the paper's figures) to ``out`` atomically
+    (without ``force``, a file that appeared at ``out`` meanwhile is never replaced).
 
     Entries are CKA values in [0, 1]; None/NaN cells are left blank.
     """
@@ -69,7 +71,7 @@ def plot_heatmap(
     ax.set_xlabel(col_axis)
     ax.set_title(title, fontsize=10)
     fmt = out.suffix.lstrip(".").lower()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt), force=force)
 
 
 def _ticks(setter: object, count: int, labels: Sequence[str], rotate: bool = False) -> None:
@@ -87,6 +89,7 @@ def plot_series(
     ylabel: str,
     out: Path,
     hline: float | None = None,
+    force: bool = True,
 ) -> None:
     """Lines with error bars, one per ``(label, xs, ys, errors)``, to ``out`` atomically.
 
@@ -111,4 +114,4 @@ def plot_series(
     fmt = out.suffix.lstrip(".").lower()
     metadata = {"Software": None} if fmt == "png" else {"Creator": None, "Date": None} if fmt == "svg" else {
         "Creator": None, "Producer": None, "CreationDate": None}
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, metadata=metadata))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, metadata=metadata), force=force)

@@ -80,7 +80,7 @@ class CkaResult(ABC):
         """The JSON keys between ``matrix`` and ``data`` that say what the rows and columns are."""
 
     @abstractmethod
-    def draw(self, figure: Path) -> None: ...
+    def draw(self, figure: Path, force: bool = True) -> None: ...
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,14 +96,15 @@ class CkaResult(ABC):
             "batch_size": self.batch_size,
         }
 
-    def write(self, figure: Path, json_path: Path) -> dict[str, Any]:
-        """Write the heatmap (if matplotlib is installed) and the JSON; return the JSON written."""
+    def write(self, figure: Path, json_path: Path, *, force: bool) -> dict[str, Any]:
+        """Write the heatmap (if matplotlib is installed) and the JSON; return the JSON written.
+        Without ``force`` neither replaces a file that appeared there after the command's check."""
         drawn = matplotlib_available()
         payload = {**self.to_dict(), "json": str(json_path), "figure": str(figure) if drawn else None}
         if drawn:  # first: if drawing fails, nothing is written
-            self.draw(figure)
+            self.draw(figure, force)
         text = json.dumps(payload, indent=1) + "\n"
-        atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(text), force=force)
         return payload
 
 
@@ -125,9 +126,9 @@ class LayerCka(CkaResult):
     def _axes(self) -> dict[str, Any]:
         return {"rows": self.rows.to_dict(), "cols": self.cols.to_dict()}
 
-    def draw(self, figure: Path) -> None:
+    def draw(self, figure: Path, force: bool = True) -> None:
         plot_heatmap(_jsonable(self.estimate.matrix), self.rows.layers, self.cols.layers, title=self.title,
-                     row_axis=self.rows.axis_name(), col_axis=self.cols.axis_name(), out=figure)
+                     row_axis=self.rows.axis_name(), col_axis=self.cols.axis_name(), out=figure, force=force)
 
 
 @dataclass(frozen=True)
@@ -156,10 +157,10 @@ class TimeCka(CkaResult):
             for c, label in zip(self.checkpoints, self.labels, strict=True)
         ]}
 
-    def draw(self, figure: Path) -> None:
+    def draw(self, figure: Path, force: bool = True) -> None:
         axis = "checkpoint (epoch)"
         plot_heatmap(_jsonable(self.estimate.matrix), self.labels, self.labels, title=self.title,
-                     row_axis=axis, col_axis=axis, out=figure)
+                     row_axis=axis, col_axis=axis, out=figure, force=force)
 
 
 def _jsonable(matrix: Tensor) -> list[list[float | None]]:

@@ -94,7 +94,7 @@ def cka_cmd(
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("cka: running both models", total=samples)
         result = cka_between(a, b, cfg, settings, layers=layers, half=half, progress=lambda n: bar.advance(task, n))
-    _finish(result, figure, json_path, json_)
+    _finish(result, figure, json_path, json_, force)
 
 
 @handle_errors
@@ -144,14 +144,14 @@ def cka_time_cmd(
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("cka-time: checkpoints", total=len(checkpoints))
         result = cka_over_time(checkpoints, layer, cfg, settings, progress=lambda n: bar.advance(task, n))
-    _finish(result, figure, json_path, json_)
+    _finish(result, figure, json_path, json_, force)
 
 
-def _finish(result: CkaResult, figure: Path, json_path: Path, json_: bool) -> None:
+def _finish(result: CkaResult, figure: Path, json_path: Path, json_: bool, force: bool) -> None:
     """Write the JSON and the heatmap, say so on stderr, print the path (or the JSON)."""
     from mgtool.analysis.plot import PLOTS_HINT
 
-    payload = result.write(figure, json_path)
+    payload = result.write(figure, json_path, force=force)
     drawn = figure if payload["figure"] is not None else None
     if drawn is None:
         console.print(
