@@ -300,7 +300,7 @@ def resolve_init(
     if norm == AUTHORS_CODE and name not in ("orthogonal", "copy"):
         raise SettingError("init_norm", f"{AUTHORS_CODE} applies to --init orthogonal and copy")
     return InitSettings(init, params, float(scale) if scale is not None else None,
-                        CAP if norm == "capped" and scale is None else None)
+                        CAP if norm == "capped" else None)  # with a scale, the norm is "learned"
 
 
 def orthogonal_complement_rows(learned: Tensor, n: int, generator: torch.Generator) -> Tensor:

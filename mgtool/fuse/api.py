@@ -103,7 +103,8 @@ def fuse(
     grown = fuse_tensors(layout, stream_tensors(inputs.paths), settings, seed=seed)  # stream
     tensors = grown.tensors
     check = _verify(layout, tensors, inputs) if verify else None
-    ratios, coefs = tile_ratios(layout.plan, tensors), coefficient_ratios(layout.plan, tensors)
+    ratios = tile_ratios(layout.plan, tensors, grown.grams)  # the assembly's Gram matrices, not again
+    coefs = coefficient_ratios(layout.plan, tensors)
     caps = grown.caps if settings.cap is not None else None
     growth = {"method": "mixturegrowth", "factor": layout.factor,
               "fused_inputs": layout.factor if layout.fused else 1, **settings.to_dict(),

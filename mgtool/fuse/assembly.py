@@ -19,7 +19,7 @@ from torch import Tensor
 from mgtool.coef_init import InitSettings, authors_code_tiles
 from mgtool.errors import MgtoolError
 from mgtool.fuse.layout import CONCAT, FIRST, HIDDEN, MAX, FusionLayout, coefficient_key
-from mgtool.fuse.ratios import templates_gram, tile_norm
+from mgtool.fuse.ratios import gram_of, tile_norm
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Assembly:
     tensors: dict[str, Tensor] = field(default_factory=dict)
     learned: dict[tuple[str, int], list[Tensor]] = field(default_factory=dict)
     new_tiles: int = 0
+    grams: dict[tuple[str, tuple[int, ...]], Tensor] = field(default_factory=dict)  # (bank, sets) -> T T^T
     caps: dict[str, LayerCap] = field(default_factory=dict)  # --init-norm capped: what the cap did, per layer
 
     def _slot(self, key: str, like: Tensor, zero: bool) -> Tensor:
@@ -157,13 +158,10 @@ class _Scaler:
 
     def __init__(self, assembly: Assembly):
         self._a = assembly
-        self._grams: dict[tuple[str, int], Tensor] = {}
         self._diagonal: dict[str, float] = {}
 
     def _gram(self, bank: str, s: int) -> Tensor:
-        if (bank, s) not in self._grams:
-            self._grams[(bank, s)] = templates_gram(self._a.tensors[f"banks.{bank}"], (s,))
-        return self._grams[(bank, s)]
+        return gram_of(self._a.grams, self._a.tensors[f"banks.{bank}"], bank, (s,))
 
     def _diagonal_mean(self, name: str, bank: str) -> float:
         if name not in self._diagonal:
