@@ -23,11 +23,11 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from demo_seeds import commit  # the one "commit, +dirty" of the bench's result files
 
 from mgtool import recalibrate_bn, write_subset
 from mgtool.data import data_config
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results" / "demo_defaults"
 INITS = {  # name -> fuse keyword arguments
-    "orth-learned": {"init": "orthogonal"},
+    "orth-learned": {"init": "orthogonal", "init_norm": "learned"},  # fuse's default until amendment 10
     "orth-unit": {"init": "orthogonal", "init_norm": "unit"},
     "orth-s0.5": {"init": "orthogonal", "init_scale": 0.5},
     "orth-s0.25": {"init": "orthogonal", "init_scale": 0.25},
@@ -50,14 +50,6 @@ INITS = {  # name -> fuse keyword arguments
 PROTOCOLS = {"lr0.1": {}, "authors": {"protocol": "authors"}}
 ARMS = [(i, p, True) for i in INITS if i != "orth-capped" for p in PROTOCOLS] + [("orth-s0.25", "lr0.1", False)]
 AMENDMENT_10 = [("orth-s0.1", "lr0.1", True), ("orth-capped", "lr0.1", True)]  # PLAN.md amendment 10
-
-
-def commit() -> str:
-    """The commit the code ran at (with "+dirty" when the tree has changes)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "mgtool") else "")
 
 
 def arm_name(init: str, protocol: str, recal: bool) -> str:
